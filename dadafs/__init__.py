@@ -1,0 +1,1 @@
+"""dadafs: a read-only three-tier caching filesystem for detector data."""

@@ -1,0 +1,1 @@
+"""dada: the analysis worker (readers, pre-processing, STXM algorithms, Dask)."""
