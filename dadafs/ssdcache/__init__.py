@@ -1,0 +1,8 @@
+"""The proxy's SSD chunk cache: log-structured segments per device, a compact RAM index.
+
+See docs/ssdcache.md for the on-disk layout, recovery, the eviction policy and concurrency rules.
+"""
+
+from .store import ChunkRef, ChunkStore, parse_size
+
+__all__ = ["ChunkRef", "ChunkStore", "parse_size"]
