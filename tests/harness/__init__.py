@@ -1,0 +1,1 @@
+"""Test and benchmark harness: real processes, network namespaces, a delaying relay, baselines."""
