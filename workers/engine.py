@@ -1,0 +1,163 @@
+"""The executor: compute a request's signals for a range of scan lines.
+
+``compute(request, lines)`` returns a :class:`~workers.result.Partial`; ``assemble(request,
+partials)`` places partials into a :class:`~workers.result.Result`. Distribution (Dask) calls
+``compute`` per line range on many workers and ``assemble`` once.
+
+Per scan point: each of its frames is read into a per-thread buffer (bitshuffle-LZ4 decompressed
+straight into it), pre-processed, and handed to the algorithm, which computes every requested
+signal in one pass while the frame is hot in cache. Scan points are spread over ``threads``
+threads; decompression (ctypes) and the kernels (numba ``nogil``) release the GIL, so the threads
+run in parallel. Plans (opened source, masks, index arrays) are cached per request.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workers.algorithms import ALGORITHMS, Algorithm
+from workers.formats import FormatError, FrameSource, open_source
+from workers.layout import resolve_url
+from workers.preprocess import Pipeline
+from workers.request import URL_PREFIX, Request
+from workers.result import Partial, Result
+from workers.result import assemble as assemble
+
+__all__ = ["Plan", "assemble", "compute", "plan", "scan_path"]
+
+
+def scan_path(request: Request) -> Path:
+    """The file or folder holding the request's frames."""
+    if request.scan.startswith(URL_PREFIX):
+        return resolve_url(request.scan, request.layout)
+    return Path(request.scan)
+
+
+@dataclass
+class Plan:
+    """Everything prepared once per request: the open source, pre-processing, algorithm."""
+
+    request: Request
+    source: FrameSource
+    pipeline: Pipeline
+    algorithm: Algorithm
+
+
+_plans: OrderedDict[str, Plan] = OrderedDict()
+_plans_lock = threading.Lock()
+_PLANS_KEPT = 4
+
+
+def plan(request: Request) -> Plan:
+    """The (cached) plan of a request; reopened if its files grew too short for the scan."""
+    key = request.key()
+    with _plans_lock:
+        p = _plans.get(key)
+        if p is not None and p.source.nframes >= request.first + request.nframes:
+            _plans.move_to_end(key)
+            return p
+    source = open_source(scan_path(request))
+    try:
+        pipeline = Pipeline(request, source)
+        algorithm = ALGORITHMS[request.algo](request, pipeline.geometry)
+    except BaseException:
+        source.close()
+        raise
+    p = Plan(request, source, pipeline, algorithm)
+    with _plans_lock:
+        old = _plans.pop(key, None)
+        _plans[key] = p
+        while len(_plans) > _PLANS_KEPT:
+            _plans.popitem(last=False)[1].source.close()
+    if old is not None:
+        old.source.close()
+    return p
+
+
+def compute(
+    request: Request,
+    lines: range | None = None,
+    *,
+    threads: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Partial:
+    """Signals of scan lines ``lines`` (default all); ``progress(n)`` after each n points."""
+    lines = range(request.vert) if lines is None else lines
+    if lines.step != 1 or lines.start < 0 or lines.stop > request.vert or not len(lines):
+        raise ValueError(f"lines {lines} not a non-empty range within 0..{request.vert}")
+    p = plan(request)
+    last = request.frame_index(lines.stop - 1, request.horz - 1, request.frames_per_point - 1)
+    if last >= p.source.nframes:
+        raise FormatError(
+            f"scan needs frames up to {last} but {scan_path(request)} holds {p.source.nframes}"
+        )
+    out = p.algorithm.new_buffers(len(lines), request.horz)
+    points = [(j, i) for j in lines for i in range(request.horz)]
+    nthreads = max(1, min(threads, len(points)))
+    cursor = iter(range(len(points)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        bufs = [p.pipeline.new_buffer() for _ in range(request.frames_per_point)]
+        scratch: dict[str, Any] = {}
+        while not errors:
+            with lock:
+                k = next(cursor, None)
+            if k is None:
+                return
+            j, i = points[k]
+            try:
+                frames = [
+                    p.pipeline.load(request.frame_index(j, i, s), bufs[s])
+                    for s in range(request.frames_per_point)
+                ]
+                frame = p.pipeline.process(frames)
+                p.algorithm.process(frame, p.pipeline.bad, out, (j - lines.start, i), scratch)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(e)
+                return
+            if progress is not None:
+                progress(1)
+
+    if nthreads == 1:
+        work()
+    else:
+        pool = [threading.Thread(target=work, daemon=True) for _ in range(nthreads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    if errors:
+        raise errors[0]
+    return Partial(key=request.key(), lines=lines, maps=out, axes=p.algorithm.axes())
+
+
+def run(
+    request: Request, *, threads: int | None = None, progress: Callable[[int], None] | None = None
+) -> Result:
+    """The whole scan on this machine."""
+    n = threads if threads is not None else (os.cpu_count() or 1)
+    return assemble(request, [compute(request, threads=n, progress=progress)])
+
+
+def frame(request: Request, index: int) -> np.ndarray:
+    """One pre-processed frame (file-set index), as the algorithms see it, as float64 with NaN
+    for bad pixels."""
+    p = plan(request)
+    raw = p.pipeline.load(index, p.pipeline.new_buffer())
+    f = p.pipeline.process([raw]) if not p.pipeline.fast else raw
+    if f.dtype == np.uint32:
+        g = f.astype(np.float64)
+        if request.mask:
+            g[f == np.uint32(0xFFFFFFFF)] = np.nan
+        return g
+    return np.asarray(f, dtype=np.float64)
