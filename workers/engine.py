@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from workers.algorithms import ALGORITHMS, Algorithm
 from workers.formats import FormatError, FrameSource, open_source
 from workers.layout import resolve_url
@@ -147,17 +145,3 @@ def run(
     """The whole scan on this machine."""
     n = threads if threads is not None else (os.cpu_count() or 1)
     return assemble(request, [compute(request, threads=n, progress=progress)])
-
-
-def frame(request: Request, index: int) -> np.ndarray:
-    """One pre-processed frame (file-set index), as the algorithms see it, as float64 with NaN
-    for bad pixels."""
-    p = plan(request)
-    raw = p.pipeline.load(index, p.pipeline.new_buffer())
-    f = p.pipeline.process([raw]) if not p.pipeline.fast else raw
-    if f.dtype == np.uint32:
-        g = f.astype(np.float64)
-        if request.mask:
-            g[f == np.uint32(0xFFFFFFFF)] = np.nan
-        return g
-    return np.asarray(f, dtype=np.float64)
