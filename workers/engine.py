@@ -29,7 +29,7 @@ from workers.request import URL_PREFIX, Request
 from workers.result import Partial, Result
 from workers.result import assemble as assemble
 
-__all__ = ["Plan", "assemble", "compute", "plan", "scan_path"]
+__all__ = ["Plan", "assemble", "compute", "execute", "make_plan", "plan", "run", "scan_path"]
 
 
 def scan_path(request: Request) -> Path:
@@ -49,27 +49,37 @@ class Plan:
     algorithm: Algorithm
 
 
-_plans: OrderedDict[str, Plan] = OrderedDict()
+_plans: OrderedDict[tuple[str, tuple[int, int, int]], Plan] = OrderedDict()
 _plans_lock = threading.Lock()
 _PLANS_KEPT = 4
 
 
+def make_plan(request: Request, source: FrameSource) -> Plan:
+    """A plan for frames from any source (also one held in memory)."""
+    pipeline = Pipeline(request, source)
+    return Plan(request, source, pipeline, ALGORITHMS[request.algo](request, pipeline.geometry))
+
+
 def plan(request: Request) -> Plan:
-    """The (cached) plan of a request; reopened if its files grew too short for the scan."""
-    key = request.key()
+    """The plan of a request, cached per request and version (inode, size, mtime) of its file
+    or folder; reopened when the files no longer hold every frame of the scan (still growing)."""
+    path = scan_path(request)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise FormatError(f"cannot open scan {path}: {e.strerror}") from None
+    key = (request.key(), (st.st_ino, st.st_size, st.st_mtime_ns))
     with _plans_lock:
         p = _plans.get(key)
         if p is not None and p.source.nframes >= request.first + request.nframes:
             _plans.move_to_end(key)
             return p
-    source = open_source(scan_path(request))
+    source = open_source(path)
     try:
-        pipeline = Pipeline(request, source)
-        algorithm = ALGORITHMS[request.algo](request, pipeline.geometry)
+        p = make_plan(request, source)
     except BaseException:
         source.close()
         raise
-    p = Plan(request, source, pipeline, algorithm)
     with _plans_lock:
         old = _plans.pop(key, None)
         _plans[key] = p
@@ -88,14 +98,25 @@ def compute(
     progress: Callable[[int], None] | None = None,
 ) -> Partial:
     """Signals of scan lines ``lines`` (default all); ``progress(n)`` after each n points."""
+    return execute(plan(request), lines, threads=threads, progress=progress)
+
+
+def execute(
+    p: Plan,
+    lines: range | None = None,
+    *,
+    threads: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Partial:
+    """:func:`compute` on a prepared plan."""
+    request = p.request
     lines = range(request.vert) if lines is None else lines
     if lines.step != 1 or lines.start < 0 or lines.stop > request.vert or not len(lines):
         raise ValueError(f"lines {lines} not a non-empty range within 0..{request.vert}")
-    p = plan(request)
     last = request.frame_index(lines.stop - 1, request.horz - 1, request.frames_per_point - 1)
     if last >= p.source.nframes:
         raise FormatError(
-            f"scan needs frames up to {last} but {scan_path(request)} holds {p.source.nframes}"
+            f"scan {request.scan} needs frames up to {last} but holds {p.source.nframes}"
         )
     out = p.algorithm.new_buffers(len(lines), request.horz)
     points = [(j, i) for j in lines for i in range(request.horz)]

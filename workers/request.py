@@ -17,7 +17,7 @@ import math
 import os
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 #: Algorithms and their signals, in canonical order (the first is the default signal set's head).
@@ -101,12 +101,13 @@ class Request:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:32]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """``{"scan": ..., "params": {...}}`` with the canonical parameter strings."""
+        return json.dumps({"scan": self.scan, "params": self.to_params()}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Request:
         raw = json.loads(text)
-        return parse_request(raw.pop("scan"), {k: v for k, v in raw.items() if v is not None})
+        return parse_request(raw["scan"], raw["params"])
 
     def with_params(self, **params: Any) -> Request:
         """A copy with some parameters changed, validated like the original."""
