@@ -275,6 +275,12 @@ class Device:
             return True
         return False
 
+    def key_list(self) -> list[bytes]:
+        """Every cached key (a copy; for tests and tools, O(entries))."""
+        with self.lock:
+            k0, k1, _ = self.index.arrays()
+        return [ix.join_key(int(a), int(b)) for a, b in zip(k0, k1, strict=True)]
+
     def contains(self, key: bytes) -> bool:
         with self.lock:
             return self.ok and self.index.find(*ix.split_key(key)) >= 0

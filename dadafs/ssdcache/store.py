@@ -128,6 +128,10 @@ class ChunkStore:
         dev = self.device_for(key)
         return dev is not None and dev.contains(key)
 
+    def keys(self) -> list[bytes]:
+        """Every cached key of the devices in service (a copy; for tests and tools)."""
+        return [k for d in self.devices if d.ok for k in d.key_list()]
+
     def stats(self) -> dict[str, Any]:
         per = [d.stats() for d in self.devices]
         total: dict[str, Any] = {

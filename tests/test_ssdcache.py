@@ -1,0 +1,369 @@
+"""The SSD chunk store (dadafs.ssdcache): index, layout, eviction, verification, recovery, threads."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dadafs.source import chunk_key
+from dadafs.ssdcache import ChunkStore, parse_size
+from dadafs.ssdcache import layout as L
+from dadafs.ssdcache.device import DATAFILE, Device
+from dadafs.ssdcache.index import ChunkIndex, meta_loc
+
+MiB = 1 << 20
+
+
+def key(i: int, size: int = 0) -> bytes:
+    return chunk_key(b"/t/file", (1, size, 0), i)
+
+
+def payload(i: int, size: int) -> bytes:
+    return random.Random(i * 1_000_003 + size).randbytes(size)
+
+
+def disk_usage(d: Path) -> tuple[int, int]:
+    """(allocated bytes, apparent bytes) of every file under ``d``."""
+    files = [p.stat() for p in d.rglob("*") if p.is_file()]
+    return sum(s.st_blocks * 512 for s in files), sum(s.st_size for s in files)
+
+
+def location(store: ChunkStore, k: bytes) -> tuple[Device, int]:
+    """(device, record offset in its data file) of a cached key."""
+    dev = store.device_for(k)
+    assert dev is not None
+    slot = dev.index.find(int.from_bytes(k[:8], "little"), int.from_bytes(k[8:], "little"))
+    assert slot >= 0
+    return dev, meta_loc(dev.index.meta(slot)) * L.ALIGN
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ChunkStore]:
+    s = ChunkStore([(tmp_path / "a", 12 * MiB), (tmp_path / "b", 9 * MiB)])
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# ---- small pieces -----------------------------------------------------------------------------
+
+
+def test_parse_size() -> None:
+    assert parse_size("4096") == 4096
+    assert parse_size("64M") == 64 * MiB
+    assert parse_size("500G") == 500 << 30
+    assert parse_size("1.8T") == int(1.8 * (1 << 40))
+    assert parse_size("512MiB") == 512 * MiB
+    for bad in ("", "12Q", "-1G", "G"):
+        with pytest.raises(ValueError, match="bad size"):
+            parse_size(bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("pgr"), st.integers(0, 300)), max_size=400))
+def test_index_matches_a_dict(ops: list[tuple[str, int]]) -> None:
+    # k0 values collide modulo the table size on purpose: long clusters, wrap-around, back-shifts.
+    ix, model = ChunkIndex(), {}
+    for n, (op, i) in enumerate(ops):
+        k0, k1 = (i % 40) * 1024 + (1023 if i % 3 else 0), i
+        slot = ix.find(k0, k1)
+        assert (slot >= 0) == ((k0, k1) in model)
+        if op == "p":
+            ix.put(k0, k1, (1 << 63) | n)
+            model[(k0, k1)] = (1 << 63) | n
+        elif op == "r" and slot >= 0:
+            ix.remove_slot(slot)
+            del model[(k0, k1)]
+        assert ix.count == len(model)
+    for (k0, k1), meta in model.items():
+        assert ix.meta(ix.find(k0, k1)) == meta
+
+
+def test_index_bulk_insert_and_growth() -> None:
+    rng = random.Random(3)
+    ix = ChunkIndex()
+    pairs = {(rng.getrandbits(64), rng.getrandbits(64)): (1 << 63) | i for i in range(20_000)}
+    import numpy as np
+
+    k = np.array(list(pairs), dtype=np.uint64)
+    ix.bulk_insert(k[:10_000, 0], k[:10_000, 1], np.array(list(pairs.values())[:10_000], np.uint64))
+    for (k0, k1), meta in list(pairs.items())[10_000:]:
+        ix.put(k0, k1, meta)
+    assert ix.count == 20_000
+    assert ix.count <= 0.7 * ix.slots
+    for (k0, k1), meta in pairs.items():
+        assert ix.meta(ix.find(k0, k1)) == meta
+
+
+def test_header_and_footer_formats_reject_damage() -> None:
+    h = L.pack_header(1000, 7, 6, b"k" * 16, b"d" * 16)
+    assert L.unpack_header(h) == L.Header(1000, 7, 6, b"k" * 16, b"d" * 16)
+    for i in range(len(h)):
+        bad = bytearray(h)
+        bad[i] ^= 0x10
+        assert L.unpack_header(bytes(bad)) is None
+    assert L.unpack_header(h[:40]) is None
+
+
+def test_rejects_bad_configuration(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="too small"):
+        ChunkStore([(tmp_path / "a", 3 * MiB)])
+    with pytest.raises(ValueError, match="distinct"):
+        ChunkStore([(tmp_path / "a", 64 * MiB), (tmp_path / "a", 64 * MiB)])
+    with pytest.raises(ValueError, match="policy"):
+        ChunkStore([(tmp_path / "a", 64 * MiB)], policy="lru")
+    s = ChunkStore([(tmp_path / "a", 64 * MiB)])
+    try:
+        with pytest.raises(ValueError, match="chunk length"):
+            s.put(key(1), b"")
+        with pytest.raises(ValueError, match="16 bytes"):
+            s.put(b"short", b"x")
+    finally:
+        s.close()
+
+
+# ---- behaviour --------------------------------------------------------------------------------
+
+
+def test_put_get_sendfile(store: ChunkStore) -> None:
+    data = {i: payload(i, 1 + i * 37_001 % MiB) for i in range(12)}
+    for i, d in data.items():
+        store.put(key(i), d)
+    a, b = socket.socketpair()
+    try:
+        for i, d in data.items():
+            ref = store.get(key(i))
+            assert ref is not None and ref.length == len(d)
+            got = bytearray()
+
+            def receive(n: int = len(d), buf: bytearray = got) -> None:
+                while len(buf) < n:
+                    buf += b.recv(n - len(buf))
+
+            reader = threading.Thread(target=receive)
+            reader.start()
+            with ref:
+                sent = 0
+                while sent < ref.length:
+                    sent += os.sendfile(a.fileno(), ref.fd, ref.offset + sent, ref.length - sent)
+            reader.join(timeout=30)
+            assert got == d
+    finally:
+        a.close()
+        b.close()
+    assert store.get(key(99)) is None
+    s = store.stats()
+    assert s["hits"] == 12 and s["misses"] == 1 and s["chunks"] == 12
+    assert s["bytes"] == sum(map(len, data.values()))
+    assert {d["chunks"] > 0 for d in s["devices"]} == {True}  # spread over both devices
+
+
+WORKLOAD = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 60), st.integers(1, MiB)),
+        st.tuples(st.just("get"), st.integers(0, 60), st.integers(1, MiB)),
+        st.tuples(st.just("reopen"), st.just(0), st.just(0)),
+    ),
+    min_size=10,
+    max_size=60,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=WORKLOAD, policy=st.sampled_from(["fifo", "clock"]))
+def test_random_workload_larger_than_the_cache(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, int]], policy: str
+) -> None:
+    root = tmp_path_factory.mktemp("wl")
+    caps = [(root / "a", 7 * MiB), (root / "b", 9 * MiB)]
+    store = ChunkStore(caps, policy=policy)
+    # Sizes are drawn per key from a few buckets so puts of a key seen before reuse its size.
+    sizes: dict[int, int] = {}
+    try:
+        for op, i, size in ops:
+            if op == "reopen":
+                store.close()
+                store = ChunkStore(caps, policy=policy)
+                continue
+            size = sizes.setdefault(i, size)
+            k, d = key(i, size), payload(i, size)
+            if op == "put":
+                store.put(k, d)
+                assert store.read(k) == d  # a fresh put is readable at once
+            else:
+                got = store.read(k)
+                assert got is None or got == d
+                if got is None:
+                    store.put(k, d)
+            for path, cap in caps:
+                used, apparent = disk_usage(path)
+                assert used <= cap and apparent <= cap
+        assert store.stats()["checksum_failures"] == 0
+        assert all(dev["state"] == "ok" for dev in store.stats()["devices"])
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("verify", ["mmap", "pread"])
+@pytest.mark.parametrize("where", ["data", "data-last-byte", "header", "length"])
+def test_flipped_bytes_are_detected_counted_and_dropped(
+    tmp_path: Path, verify: str, where: str
+) -> None:
+    store = ChunkStore([(tmp_path / "a", 16 * MiB)], verify=verify)
+    try:
+        items = {i: payload(i, 300_000 + i) for i in range(5)}
+        for i, d in items.items():
+            store.put(key(i), d)
+        dev, loc = location(store, key(2))
+        off = {
+            "data": loc + L.HEADER_SIZE + 1234,
+            "data-last-byte": loc + L.HEADER_SIZE + len(items[2]) - 1,
+            "header": loc + 20,
+            "length": loc + 4,
+        }[where]
+        fd = os.open(dev.path / DATAFILE, os.O_RDWR)
+        try:
+            b = os.pread(fd, 1, off)
+            os.pwrite(fd, bytes([b[0] ^ 0x01]), off)
+        finally:
+            os.close(fd)
+        assert store.get(key(2)) is None
+        assert not store.contains(key(2))
+        s = store.stats()
+        assert s["checksum_failures"] == 1 and s["chunks"] == 4
+        for i in (0, 1, 3, 4):
+            assert store.read(key(i)) == items[i]
+        store.put(key(2), items[2])  # fetched again by the caller: cached anew, correct
+        assert store.read(key(2)) == items[2]
+    finally:
+        store.close()
+
+
+def test_restart_keeps_the_index_after_close_and_after_a_crash(tmp_path: Path) -> None:
+    caps = [(tmp_path / "a", 12 * MiB), (tmp_path / "b", 10 * MiB)]
+    store = ChunkStore(caps)
+    for i in range(120):  # ~3x the capacity: many rollovers, sealed footers, wrapped heads
+        store.put(key(i), payload(i, 200_000 + i))
+        if i % 7 == 0:
+            store.read(key(i // 2))
+    before = sorted(store.keys())
+    stats = store.stats()
+    # A second store on the same files, the first never closed: what kill -9 leaves behind.
+    crashed = ChunkStore(caps)
+    try:
+        assert sorted(crashed.keys()) == before
+        assert crashed.stats()["bytes"] == stats["bytes"]
+    finally:
+        crashed.close()
+    store.close()
+    reopened = ChunkStore(caps)
+    try:
+        assert sorted(reopened.keys()) == before
+        for k in before:
+            i = next(j for j in range(120) if key(j) == k)
+            assert reopened.read(k) == payload(i, 200_000 + i)
+    finally:
+        reopened.close()
+
+
+def test_torn_footer_falls_back_to_walking_headers(tmp_path: Path) -> None:
+    caps = [(tmp_path / "a", 16 * MiB)]
+    store = ChunkStore(caps)
+    for i in range(30):
+        store.put(key(i), payload(i, 150_000))
+    before = sorted(store.keys())
+    dev = store.devices[0]
+    store.close()
+    with open(dev.path / DATAFILE, "r+b") as f:  # damage every sealed footer's trailer
+        for s in range(dev.nseg):
+            f.seek((s + 1) * dev.seg_size - 10)
+            f.write(b"\xff\xff")
+    store = ChunkStore(caps)
+    try:
+        assert sorted(store.keys()) == before
+        assert all(store.read(key(i)) == payload(i, 150_000) for i in range(30) if key(i) in before)
+    finally:
+        store.close()
+
+
+def test_pinned_region_is_never_overwritten(tmp_path: Path) -> None:
+    store = ChunkStore([(tmp_path / "a", 12 * MiB)])
+    try:
+        store.put(key(0), payload(0, MiB))
+        ref = store.get(key(0))
+        assert ref is not None
+        for i in range(1, 60):  # five times around the ring
+            store.put(key(i), payload(i, 900_000))
+        assert os.pread(ref.fd, ref.length, ref.offset) == payload(0, MiB)
+        assert store.stats()["devices"][0]["skipped_pinned"] > 0
+        ref.release()
+        ref.release()  # idempotent
+        for i in range(60, 120):
+            store.put(key(i), payload(i, 900_000))
+        assert not store.contains(key(0))  # once released, its segment is recycled
+    finally:
+        store.close()
+
+
+def test_clock_keeps_referenced_chunks_fifo_does_not(tmp_path: Path) -> None:
+    kept = {}
+    for policy in ("fifo", "clock"):
+        store = ChunkStore([(tmp_path / policy, 24 * MiB)], policy=policy)
+        try:
+            hot = [key(10_000 + h) for h in range(4)]
+            for h, k in enumerate(hot):
+                store.put(k, payload(10_000 + h, 200_000))
+            for i in range(150):  # a scan 3x the cache, re-reading the hot chunks as it goes
+                store.put(key(i), payload(i, 500_000))
+                for h, k in enumerate(hot):
+                    got = store.read(k)
+                    assert got is None or got == payload(10_000 + h, 200_000)
+            kept[policy] = sum(store.contains(k) for k in hot)
+        finally:
+            store.close()
+    assert kept == {"fifo": 0, "clock": 4}
+
+
+def test_concurrent_threads_get_and_put(tmp_path: Path) -> None:
+    caps = [(tmp_path / "a", 10 * MiB), (tmp_path / "b", 8 * MiB)]
+    store = ChunkStore(caps)
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(300):
+            i = rng.randrange(80)
+            size = 100_000 + i * 5_000
+            ref = store.get(key(i, size))
+            if ref is None:
+                store.put(key(i, size), payload(i, size))
+                continue
+            with ref:  # other threads keep writing while this region is read
+                if os.pread(ref.fd, ref.length, ref.offset) != payload(i, size):
+                    errors.append(f"wrong bytes for chunk {i}")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        s = store.stats()
+        assert s["hits"] > 0 and s["evictions"] > 0 and s["checksum_failures"] == 0
+        assert all(not any(dev.pins) for dev in store.devices)
+        for path, cap in caps:
+            assert disk_usage(path)[0] <= cap
+    finally:
+        store.close()
