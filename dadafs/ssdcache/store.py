@@ -128,7 +128,7 @@ class ChunkStore:
         dev = self.device_for(key)
         return dev is not None and dev.contains(key)
 
-    def keys(self) -> list[bytes]:
+    def cached_keys(self) -> list[bytes]:
         """Every cached key of the devices in service (a copy; for tests and tools)."""
         return [k for d in self.devices if d.ok for k in d.key_list()]
 
