@@ -87,6 +87,64 @@ def bin_sums(
 
 
 @_jit
+def bin_sums_u32(
+    frame: np.ndarray, bins: np.ndarray, y0: int, x0: int, nbins: int, bad: np.uint32, check: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint32 frames: :func:`bin_sums` in integers (pixels equal to ``bad`` skipped if
+    ``check``)."""
+    sums = np.zeros(nbins, np.uint64)
+    counts = np.zeros(nbins, np.int64)
+    bh, bw = bins.shape
+    for j in range(bh):
+        r = frame[y0 + j, x0 : x0 + bw]
+        br = bins[j]
+        for i in range(bw):
+            b = br[i]
+            if b >= 0:
+                v = r[i]
+                if not (check and v == bad):
+                    sums[b] += v
+                    counts[b] += 1
+    return sums.astype(np.float64), counts
+
+
+@_jit
+def segment_moments_u32(
+    frame: np.ndarray,
+    rows: np.ndarray,
+    starts: np.ndarray,
+    stops: np.ndarray,
+    bad: np.uint32,
+    check: bool,
+) -> tuple[float, float, float, float]:
+    """uint32 frames: :func:`segment_moments` in integers."""
+    s = np.uint64(0)
+    n = np.uint64(0)
+    sx = np.uint64(0)
+    sy = np.uint64(0)
+    for k in range(rows.size):
+        j = rows[k]
+        x0 = starts[k]
+        r = frame[j, x0 : stops[k]]
+        row = np.uint64(0)
+        rowx = np.uint64(0)
+        cnt = np.uint64(0)
+        for i in range(r.size):
+            v = r[i]
+            ok = not (check and v == bad)
+            t = v if ok else np.uint32(0)
+            row += t
+            rowx += np.uint64(t) * np.uint64(i)
+            cnt += np.uint64(1) if ok else np.uint64(0)
+        rowx += row * np.uint64(x0)
+        s += row
+        sx += rowx
+        n += cnt
+        sy += row * np.uint64(j)
+    return float(s), float(n), float(sx), float(sy)
+
+
+@_jit
 def segment_moments(
     frame: np.ndarray, rows: np.ndarray, starts: np.ndarray, stops: np.ndarray, bad: float
 ) -> tuple[float, float, float, float]:
@@ -111,25 +169,29 @@ def segment_moments(
 
 @_jit
 def rect_moments_u32(frame: np.ndarray, rects: np.ndarray, bad: np.uint32) -> np.ndarray:
-    """uint32 frames: for each rectangle (x, y, w, h) its (sum, sum of x*I, sum of y*I)."""
+    """uint32 frames: for each rectangle (x, y, w, h) its (sum, sum of x*I, sum of y*I); the
+    horizontal moment from per-column sums, as in :func:`brightfield_u32`."""
     out = np.zeros((rects.shape[0], 3), np.float64)
+    colsum = np.zeros(frame.shape[1], np.uint64)
     for k in range(rects.shape[0]):
         x, y, w, h = rects[k, 0], rects[k, 1], rects[k, 2], rects[k, 3]
         s = np.uint64(0)
-        sx = np.uint64(0)
         sy = np.uint64(0)
+        c = colsum[:w]  # views indexed from 0: no negative-index checks, so LLVM vectorises
+        c[:] = 0
         for j in range(y, y + h):
             row = np.uint64(0)
-            rowx = np.uint64(0)
-            r = frame[j]
-            for i in range(x, x + w):
+            r = frame[j, x : x + w]
+            for i in range(w):
                 v = r[i]
                 t = np.uint32(0) if v == bad else v
                 row += t
-                rowx += np.uint64(t) * np.uint64(i)
+                c[i] += t
             s += row
-            sx += rowx
             sy += row * np.uint64(j)
+        sx = 0.0
+        for i in range(w):
+            sx += float(c[i]) * (x + i)
         out[k, 0] = s
         out[k, 1] = sx
         out[k, 2] = sy

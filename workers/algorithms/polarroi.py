@@ -58,8 +58,14 @@ class PolarRoi(Algorithm):
         at: tuple[int, int],
         scratch: dict[str, Any],
     ) -> None:
-        b = bad.f if frame.dtype == np.uint32 else np.nan
-        s, n, sx, sy = kernels.segment_moments(frame, self.rows, self.starts, self.stops, b)
+        if frame.dtype == np.uint32:
+            s, n, sx, sy = kernels.segment_moments_u32(
+                frame, self.rows, self.starts, self.stops, bad.u32, bad.f >= 0
+            )
+        else:
+            s, n, sx, sy = kernels.segment_moments(
+                frame, self.rows, self.starts, self.stops, np.nan
+            )
         values = {
             "Itot": s,
             "Imean": s / n if n else np.nan,
