@@ -324,3 +324,42 @@ def test_masking_off_keeps_bad_values() -> None:
     off = run_engine(f, mask, {"mask": "0"})
     assert on.maps["Itot"][0, 0] == 2
     assert off.maps["Itot"][0, 0] == 3 + float(BAD)
+
+
+@pytest.mark.parametrize("unit", ["2th_deg", "q_nm^-1"])
+def test_radial_with_poni_calibration(tmp_path: Any, unit: str) -> None:
+    import pyFAI.detectors
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    h, w, pix, dist, wl = 40, 50, 75e-6, 0.05, 1e-10
+    det = pyFAI.detectors.Detector(pix, pix, max_shape=(h, w))
+    poni1, poni2 = 20.3 * pix, 25.1 * pix
+    AzimuthalIntegrator(dist=dist, poni1=poni1, poni2=poni2, detector=det, wavelength=wl).save(
+        str(tmp_path / "geo.poni")
+    )
+    frames = np.random.default_rng(2).integers(0, 1000, (2, h, w)).astype(np.uint32)
+    frames[0, 3, 4] = BAD
+    # independent geometry: flat detector normal to the beam, pixel centres at (i + 0.5) * pix
+    y, x = np.mgrid[:h, :w]
+    tth = np.arctan(np.hypot((x + 0.5) * pix - poni2, (y + 0.5) * pix - poni1) / dist)
+    value = np.degrees(tth) if unit == "2th_deg" else 4 * np.pi / (wl * 1e9) * np.sin(tth / 2)
+    lo, hi = float(value.min()) * 0.999, float(value.max()) * 0.9  # no pixel on an edge
+    params = {"algo": "radial", "poni": str(tmp_path / "geo.poni"), "unit": unit,
+              "radial": f"{lo!r},{hi!r};17"}
+    res = run_engine(frames, None, params)
+    edges = np.linspace(lo, hi, 18)
+    for k in range(2):
+        f = ref_frame(frames[k], None, {})
+        ok = np.isfinite(f)
+        counts, _ = np.histogram(value[ok], bins=edges)
+        sums, _ = np.histogram(value[ok], bins=edges, weights=f[ok])
+        np.testing.assert_allclose(res.maps["Isum"][0, k], sums)
+        np.testing.assert_allclose(res.maps["I"][0, k], sums / counts)
+
+
+def test_radial_poni_syntax() -> None:
+    with pytest.raises(BadParameter, match="radial=minq,maxq;numq needs poni="):
+        parse_request("/d", {"horz": 1, "vert": 1, "algo": "radial", "radial": "0,1;5"})
+    with pytest.raises(BadParameter, match="unit=2th_deg needs a poni= calibration"):
+        parse_request("/d", {"horz": 1, "vert": 1, "algo": "radial", "radial": "1,1;0,1;5",
+                             "unit": "2th_deg"})
