@@ -27,9 +27,10 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 def ref_frame(raw: np.ndarray, mask: np.ndarray | None, p: dict[str, Any]) -> np.ndarray:
     """Mask -> ROI -> binning, as float64 with NaN for bad pixels."""
     f = raw.astype(np.float64)
-    f[raw == BAD] = np.nan
-    if mask is not None:
-        f[mask] = np.nan
+    if p.get("mask") != (0,):
+        f[raw == BAD] = np.nan
+        if mask is not None:
+            f[mask] = np.nan
     if "roi" in p:
         x, y, w, h = p["roi"]
         f = f[y : y + h, x : x + w]
@@ -102,6 +103,8 @@ def roi_binning(draw: st.DrawFn, shape: tuple[int, int]) -> dict[str, Any]:
     rw, rh = (p["roi"][2], p["roi"][3]) if "roi" in p else (w, h)
     if draw(st.booleans()):
         p["binning"] = (draw(st.integers(1, min(4, rw))), draw(st.integers(1, min(4, rh))))
+    if draw(st.integers(0, 4)) == 0:
+        p["mask"] = (0,)  # masking off: 2^32-1 counts as a value
     return p
 
 
@@ -344,8 +347,12 @@ def test_radial_with_poni_calibration(tmp_path: Any, unit: str) -> None:
     tth = np.arctan(np.hypot((x + 0.5) * pix - poni2, (y + 0.5) * pix - poni1) / dist)
     value = np.degrees(tth) if unit == "2th_deg" else 4 * np.pi / (wl * 1e9) * np.sin(tth / 2)
     lo, hi = float(value.min()) * 0.999, float(value.max()) * 0.9  # no pixel on an edge
-    params = {"algo": "radial", "poni": str(tmp_path / "geo.poni"), "unit": unit,
-              "radial": f"{lo!r},{hi!r};17"}
+    params = {
+        "algo": "radial",
+        "poni": str(tmp_path / "geo.poni"),
+        "unit": unit,
+        "radial": f"{lo!r},{hi!r};17",
+    }
     res = run_engine(frames, None, params)
     edges = np.linspace(lo, hi, 18)
     for k in range(2):
@@ -361,5 +368,6 @@ def test_radial_poni_syntax() -> None:
     with pytest.raises(BadParameter, match="radial=minq,maxq;numq needs poni="):
         parse_request("/d", {"horz": 1, "vert": 1, "algo": "radial", "radial": "0,1;5"})
     with pytest.raises(BadParameter, match="unit=2th_deg needs a poni= calibration"):
-        parse_request("/d", {"horz": 1, "vert": 1, "algo": "radial", "radial": "1,1;0,1;5",
-                             "unit": "2th_deg"})
+        parse_request(
+            "/d", {"horz": 1, "vert": 1, "algo": "radial", "radial": "1,1;0,1;5", "unit": "2th_deg"}
+        )

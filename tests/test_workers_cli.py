@@ -243,3 +243,25 @@ def test_bad_parameters_give_one_line(
     assert message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_progress_bar_and_url_only_parameters(scan: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    r = dada(
+        "stxm",
+        f"{scan}?horz={H}&vert={V}&algo=polarroi&polarroi=40,30;2,20;170,-170",
+        "--format",
+        "json",
+        "--progress",
+        "-o",
+        str(out),
+    )
+    assert f"{H * V}/{H * V}" in r.stderr and "100%" in r.stderr
+    doc = json.loads(out.read_text())
+    assert "polarroi=40,30;2,20;170,-170" in doc["request"]
+    ref = api.stxm(str(scan), horz=H, vert=V, algo="polarroi", polarroi="40,30;2,20;170,-170")
+    np.testing.assert_allclose(np.array(doc["signals"]["Itot"]["data"], float), ref["Itot"])
+    quiet = dada(
+        "stxm", str(scan), "--horz", str(H), "--vert", str(V), "--format", "json", "-o", str(out)
+    )
+    assert quiet.stderr == ""  # no terminal, no bar
