@@ -1,0 +1,272 @@
+"""A cache wrapping any source: metadata with a TTL, chunks in a bounded store.
+
+The same class is the client's RAM cache and the proxy's SSD cache; only the chunk store differs
+(:class:`RamStore` here, the SSD engine of :mod:`dadafs.ssdcache` through
+:class:`dadafs.diskstore.DiskStore`).
+
+Consistency: ``stat``/``listdir``/``readlink`` answers (and ENOENT) are kept for ``meta_ttl``
+seconds. Chunks are keyed by (path, file version, index), so a changed file makes its old chunks
+unreachable and no read mixes two versions. An ESTALE from upstream (the file changed under a
+version we still believed in) drops the path's metadata so the next stat sees the new version.
+
+Concurrency (trio, one thread): dict updates happen between awaits and are atomic. A chunk miss
+registers an in-flight entry *before* its first await, so concurrent readers of the same chunk
+wait on that one fetch (miss collapsing) instead of each going upstream.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from .source import CHUNK_SIZE, Attr, Buf, FsError, Source, Version, checksum, chunk_key
+
+log = logging.getLogger("dadafs.cache")
+
+
+class ChunkStore(Protocol):
+    """Where a cache keeps chunk bytes; ``get`` returns verified bytes or None."""
+
+    async def get(self, key: bytes) -> Buf | None: ...
+
+    async def put(self, key: bytes, data: Buf) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RamStore:
+    """LRU chunks in RAM, bounded in bytes; each entry carries its xxh3, checked on every hit."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._d: OrderedDict[bytes, tuple[Buf, bytes]] = OrderedDict()
+        self.counters = {"evictions": 0, "checksum_failures": 0}
+
+    async def get(self, key: bytes) -> Buf | None:
+        item = self._d.get(key)
+        if item is None:
+            return None
+        data, digest = item
+        if checksum(data) != digest:
+            self.counters["checksum_failures"] += 1
+            self._drop(key)
+            return None
+        self._d.move_to_end(key)
+        return data
+
+    async def put(self, key: bytes, data: Buf) -> None:
+        if len(data) > self.capacity:
+            return
+        if key in self._d:
+            self._drop(key)
+        while self.used + len(data) > self.capacity and self._d:
+            self._drop(next(iter(self._d)))
+            self.counters["evictions"] += 1
+        self._d[key] = (data, checksum(data))
+        self.used += len(data)
+
+    def _drop(self, key: bytes) -> None:
+        data, _ = self._d.pop(key)
+        self.used -= len(data)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "kind": "ram",
+            "capacity": self.capacity,
+            "cached_bytes": self.used,
+            "cached_entries": len(self._d),
+            **self.counters,
+        }
+
+    async def aclose(self) -> None:
+        self._d.clear()
+        self.used = 0
+
+
+@dataclass
+class _Inflight:
+    done: trio.Event = field(default_factory=trio.Event)
+    data: Buf | None = None
+    error: BaseException | None = None
+
+
+class _Meta:
+    """TTL'd answers: value or the FsError to raise again."""
+
+    def __init__(self, ttl: float, max_entries: int = 500_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.d: dict[tuple[str, bytes], tuple[float, Any]] = {}
+
+    def get(self, kind: str, path: bytes) -> tuple[bool, Any]:
+        hit = self.d.get((kind, path))
+        if hit is None:
+            return False, None
+        if hit[0] < trio.current_time():
+            del self.d[(kind, path)]
+            return False, None
+        return True, hit[1]
+
+    def put(self, kind: str, path: bytes, value: Any) -> None:
+        if self.ttl <= 0:
+            return
+        if len(self.d) >= self.max_entries:
+            now = trio.current_time()
+            self.d = {k: v for k, v in self.d.items() if v[0] >= now}
+            if len(self.d) >= self.max_entries:
+                self.d.clear()
+        self.d[(kind, path)] = (trio.current_time() + self.ttl, value)
+
+    def forget(self, path: bytes) -> None:
+        for kind in ("stat", "list", "link"):
+            self.d.pop((kind, path), None)
+
+
+class CacheSource:
+    """``Source`` = metadata TTL cache + chunk store in front of an upstream ``Source``."""
+
+    def __init__(
+        self,
+        upstream: Source,
+        store: ChunkStore,
+        *,
+        meta_ttl: float = 1.0,
+        prefetch: int = 0,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.store = store
+        self.meta = _Meta(meta_ttl)
+        self._inflight: dict[bytes, _Inflight] = {}
+        # Cache-side prefetch (proxy): a read of chunk i+1 right after chunk i fetches ahead.
+        self.prefetch_depth = prefetch if nursery is not None else 0
+        self.nursery = nursery
+        self._last_index: dict[bytes, int] = {}
+        self._prefetch_slots = trio.Semaphore(32)
+        self.counters = {
+            "hits": 0,
+            "misses": 0,
+            "collapsed": 0,
+            "bytes_served": 0,
+            "errors": 0,
+            "prefetched": 0,
+        }
+
+    async def _cached(self, kind: str, path: bytes, fetch: Any) -> Any:
+        ok, value = self.meta.get(kind, path)
+        if not ok:
+            try:
+                value = await fetch(path)
+            except FsError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise
+                value = e  # negative entries are cached too
+            self.meta.put(kind, path, value)
+        if isinstance(value, FsError):
+            raise FsError(value.errno or errno.EIO)
+        return value
+
+    async def stat(self, path: bytes) -> Attr:
+        attr: Attr = await self._cached("stat", path, self.upstream.stat)
+        return attr
+
+    async def listdir(self, path: bytes) -> list[tuple[bytes, Attr]]:
+        entries: list[tuple[bytes, Attr]] = await self._cached("list", path, self.upstream.listdir)
+        base = path.rstrip(b"/") + b"/"
+        for name, attr in entries:  # readdirplus: the children's attributes come for free
+            if self.meta.get("stat", base + name)[0] is False:
+                self.meta.put("stat", base + name, attr)
+        return entries
+
+    async def readlink(self, path: bytes) -> bytes:
+        target: bytes = await self._cached("link", path, self.upstream.readlink)
+        return target
+
+    async def statfs(self, path: bytes) -> dict[str, int]:
+        return await self.upstream.statfs(path)
+
+    def invalidate(self, path: bytes) -> None:
+        self.meta.forget(path)
+
+    async def read_chunk(self, path: bytes, version: Version, index: int) -> Buf:
+        key = chunk_key(path, version, index)
+        self._maybe_prefetch(path, version, index)
+        data = await self.store.get(key)
+        if data is not None:
+            self.counters["hits"] += 1
+        else:
+            data = await self._fetch(key, path, version, index)
+        self.counters["bytes_served"] += len(data)
+        return data
+
+    async def _fetch(self, key: bytes, path: bytes, version: Version, index: int) -> Buf:
+        fl = self._inflight.get(key)
+        if fl is not None:
+            self.counters["collapsed"] += 1
+            await fl.done.wait()
+            if fl.error is not None:
+                raise fl.error
+            assert fl.data is not None
+            return fl.data
+        fl = self._inflight[key] = _Inflight()
+        self.counters["misses"] += 1
+        try:
+            data = await self.upstream.read_chunk(path, version, index)
+            await self.store.put(key, data)
+            fl.data = data
+            return data
+        except FsError as e:
+            self.counters["errors"] += 1
+            if e.errno == errno.ESTALE:
+                self.invalidate(path)
+            fl.error = FsError(e.errno or errno.EIO)
+            raise
+        except BaseException as e:
+            fl.error = FsError(errno.EIO, str(e))
+            raise
+        finally:
+            del self._inflight[key]
+            fl.done.set()
+
+    def _maybe_prefetch(self, path: bytes, version: Version, index: int) -> None:
+        if not self.prefetch_depth or self.nursery is None:
+            return
+        last = self._last_index.get(path)
+        if len(self._last_index) > 10_000:
+            self._last_index.clear()
+        self._last_index[path] = index
+        if last is None or index != last + 1:
+            return
+        nchunks = (version[1] + CHUNK_SIZE - 1) // CHUNK_SIZE
+        for i in range(index + 1, min(index + 1 + self.prefetch_depth, nchunks)):
+            self.nursery.start_soon(self._prefetch_bounded, path, version, i)
+
+    async def _prefetch_bounded(self, path: bytes, version: Version, index: int) -> None:
+        async with self._prefetch_slots:
+            await self.prefetch(path, version, index)
+
+    async def prefetch(self, path: bytes, version: Version, index: int) -> None:
+        """Bring a chunk into the cache (for readahead); errors are left to the real read."""
+        key = chunk_key(path, version, index)
+        if key in self._inflight or await self.store.get(key) is not None:
+            return
+        self.counters["prefetched"] += 1
+        try:
+            await self._fetch(key, path, version, index)
+        except FsError as e:  # a failed prefetch only loses the prefetch; the read will see it
+            log.debug("prefetch of %r #%d failed: %s", path, index, e)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters, "store": self.store.stats(), "upstream": self.upstream.stats()}
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+        await self.upstream.aclose()

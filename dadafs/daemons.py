@@ -1,0 +1,210 @@
+"""Running the tiers: origin = server(local), proxy = server(cache(remote)), mount = fuse(cache(remote)).
+
+Each runner validates everything it can before it serves (export dirs, key file mode, listen
+address), notifies systemd READY once serving, and stops cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .auth import load_key
+from .cache import CacheSource, ChunkStore, RamStore
+from .config import ClientConfig, OriginConfig, ProxyConfig, check_exports, check_listen
+from .local import LocalSource
+from .remote import RemoteSource
+from .server import Server
+from .util import ConfigError, sd_notify
+
+log = logging.getLogger("dadafs")
+
+
+async def _until_signal(cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for sig in signals:
+            log.info("got %s, stopping", signal.Signals(sig).name)
+            sd_notify("STOPPING=1")
+            cancel.cancel()
+            return
+
+
+def _remote(cfg: Any, key: bytes, nursery: trio.Nursery) -> RemoteSource:
+    return RemoteSource(
+        cfg.spec(),
+        key,
+        nursery,
+        pool=cfg.connections,
+        connect_timeout=cfg.connect_timeout,
+        request_timeout=cfg.request_timeout,
+        timeout=cfg.timeout,
+        reset_interval=cfg.reset_interval,
+    )
+
+
+async def run_origin(cfg: OriginConfig) -> None:
+    host, port = check_listen(cfg.listen)
+    check_exports(cfg.exports)
+    key = load_key(cfg.secret_file)
+    source = LocalSource({n.encode(): Path(d) for n, d in cfg.exports.items()})
+    server = Server(source, key)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.listen, host, port)
+        log.info("origin exports %s", ", ".join(f"{n}={d}" for n, d in sorted(cfg.exports.items())))
+        sd_notify("READY=1")
+        await _until_signal(nursery.cancel_scope)
+    await source.aclose()
+
+
+async def run_proxy(cfg: ProxyConfig) -> None:
+    host, port = check_listen(cfg.listen)
+    cfg.spec()
+    key = load_key(cfg.secret_file)
+    store: ChunkStore
+    if cfg.cache:
+        from .diskstore import DiskStore
+
+        for c in cfg.cache:
+            try:
+                Path(c.dir).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cache directory {c.dir}: {e.strerror}") from None
+        store = DiskStore([(Path(c.dir), c.size) for c in cfg.cache])
+    else:
+        log.warning("no cache directory configured: caching %d bytes in RAM only", cfg.ram_cache)
+        store = RamStore(cfg.ram_cache)
+    async with trio.open_nursery() as nursery:
+        remote = _remote(cfg, key, nursery)
+        cache = CacheSource(
+            remote, store, meta_ttl=cfg.meta_ttl, prefetch=cfg.prefetch, nursery=nursery
+        )
+        server = Server(cache, key)
+        await nursery.start(server.listen, host, port)
+        log.info("proxy for %s", remote.spec_text)
+        sd_notify("READY=1")
+        await _until_signal(nursery.cancel_scope)
+    await cache.aclose()
+
+
+# -- the client mount ------------------------------------------------------------------------
+def _mountinfo() -> list[tuple[str, str]]:
+    """(major:minor, mount point) of every mount, octal escapes (``\\040``) undone."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+            out.append((parts[2], mp))
+    return out
+
+
+def _is_mounted(mountpoint: str) -> bool:
+    real = os.path.realpath(mountpoint)
+    return any(mp == real for _, mp in _mountinfo())
+
+
+def _mount_dev(real: str) -> str | None:
+    """``major:minor`` of the mount at the resolved path ``real`` (from mountinfo: no stat into ourselves)."""
+    devs = [dev for dev, mp in _mountinfo() if mp == real]
+    return devs[-1] if devs else None  # the last mount on a path is the visible one
+
+
+def clear_stale_mount(mountpoint: str) -> None:
+    """A client killed with SIGKILL leaves 'Transport endpoint is not connected': unmount it."""
+    try:
+        os.stat(mountpoint)
+        return
+    except OSError as e:
+        if e.errno not in (107, 5):  # ENOTCONN, EIO
+            raise ConfigError(f"mountpoint {mountpoint}: {e.strerror}") from None
+    log.warning("clearing a stale mount at %s left by a killed client", mountpoint)
+    subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False, capture_output=True)
+    if _is_mounted(mountpoint):
+        subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    clear_stale_mount(mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise ConfigError(f"mountpoint {mountpoint} is not a directory")
+    if _is_mounted(mountpoint):
+        raise ConfigError(
+            f"{mountpoint} is already a mount point (dadafs umount {mountpoint} first)"
+        )
+
+
+def _set_readahead(mountpoint: str, kb: int) -> None:
+    dev = _mount_dev(mountpoint)
+    if not dev or kb <= 0:
+        return
+    try:
+        Path(f"/sys/class/bdi/{dev}/read_ahead_kb").write_text(str(kb))
+    except OSError as e:
+        log.info("could not raise readahead of %s to %d KiB: %s", mountpoint, kb, e.strerror)
+
+
+async def _raise_readahead_later(mountpoint: str, kb: int) -> None:
+    # The kernel sets the bdi's readahead from FUSE's INIT reply, sent once the main loop runs.
+    await trio.sleep(0.3)
+    _set_readahead(mountpoint, kb)
+
+
+async def run_mount(cfg: ClientConfig, mountpoint: str) -> None:
+    import pyfuse3
+
+    from .fuse import DadaFuse, FuseOptions
+
+    spec = cfg.spec()
+    key = load_key(cfg.secret_file)
+    check_mountpoint(mountpoint)
+    # Resolve now: once mounted, a stat of the mountpoint would call into ourselves.
+    mountpoint = os.path.realpath(mountpoint)
+    async with trio.open_nursery() as nursery:
+        remote = _remote(cfg, key, nursery)
+        await _probe(remote, spec)
+        cache = CacheSource(remote, RamStore(cfg.ram_cache), meta_ttl=cfg.meta_ttl)
+        ops = DadaFuse(
+            cache,
+            nursery,
+            FuseOptions(
+                meta_ttl=cfg.meta_ttl, readahead_max=cfg.readahead, direct_io=cfg.direct_io
+            ),
+        )
+        options = set(pyfuse3.default_options) | {"fsname=dadafs", "subtype=dadafs", "ro"}
+        if cfg.allow_other:
+            options.add("allow_other")
+        pyfuse3.init(ops, mountpoint, options)
+        try:
+            nursery.start_soon(_raise_readahead_later, mountpoint, cfg.read_ahead_kb)
+            log.info("mounted %s from %s", mountpoint, remote.spec_text)
+            sd_notify("READY=1")
+            nursery.start_soon(_until_signal, nursery.cancel_scope)
+            await pyfuse3.main()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mountpoint)
+            nursery.cancel_scope.cancel()
+
+
+async def _probe(remote: RemoteSource, spec: Any) -> None:
+    """Refuse to mount with a key the upstream rejects; mount anyway if it is only unreachable."""
+    from .protocol import AuthError
+
+    for group in remote.groups:
+        for ep in group:
+            try:
+                conn = await remote._connect(ep)
+            except AuthError as e:
+                raise ConfigError(f"upstream {ep.name} refused us: {e}") from None
+            except (OSError, trio.TooSlowError) as e:
+                log.warning("upstream %s unreachable (%s); mounting anyway", ep.name, e)
+                continue
+            ep.conns.append(conn)
+            return

@@ -1,0 +1,37 @@
+"""Adapter: the SSD engine (:mod:`dadafs.ssdcache`, synchronous, thread-safe) as a chunk store.
+
+Every engine call runs in a worker thread so disk I/O never blocks the trio loop. Hits can also
+be returned as pinned file regions (:meth:`get_ref`) for zero-copy ``sendfile``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .source import Buf
+from .ssdcache import ChunkRef, ChunkStore
+
+
+class DiskStore:
+    def __init__(self, devices: list[tuple[Path, int]]) -> None:
+        self.engine = ChunkStore(devices)
+
+    async def get(self, key: bytes) -> Buf | None:
+        data: Buf | None = await trio.to_thread.run_sync(self.engine.read, key)
+        return data
+
+    async def get_ref(self, key: bytes) -> ChunkRef | None:
+        ref: ChunkRef | None = await trio.to_thread.run_sync(self.engine.get, key)
+        return ref
+
+    async def put(self, key: bytes, data: Buf) -> None:
+        await trio.to_thread.run_sync(self.engine.put, key, data)
+
+    def stats(self) -> dict[str, Any]:
+        return {"kind": "ssd", **self.engine.stats()}
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self.engine.close)

@@ -1,0 +1,269 @@
+"""The remote source: the protocol client to upstream endpoints, with failover.
+
+Each endpoint keeps a small pool of connections; a request goes to a member of the first group
+that has a live member (round-robin inside a group), and on a *host* failure (refused, reset,
+timeout, broken protocol) to the next member and then the next group. Errors of the file itself
+(an errno in the reply) never cause failover. A failed host is skipped for ``reset_interval``
+seconds, after which requests try it again (so traffic returns to the preferred group). When every
+host is down, a request keeps retrying until ``timeout`` and then fails with EIO: it never hangs.
+
+Concurrency: every connection has one reader task (in the nursery given to :class:`RemoteSource`)
+that routes replies to waiting requests by id; requests send under the channel's send lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .protocol import Channel, ProtocolError, client_handshake
+from .source import CHUNK_SIZE, Attr, Buf, FsError, Version
+from .spec import Spec, format_spec
+
+log = logging.getLogger("dadafs.remote")
+
+MAX_REPLY_HEADER = 256 << 20  # a listing of a very large directory travels in one header
+MAX_REPLY_PAYLOAD = CHUNK_SIZE
+
+
+class HostError(Exception):
+    """The host (not the file) failed: try another."""
+
+
+@dataclass
+class _Reply:
+    event: trio.Event = field(default_factory=trio.Event)
+    header: dict[str, Any] | None = None
+    payload: bytearray | None = None
+    error: BaseException | None = None
+
+
+class _Conn:
+    def __init__(self, ch: Channel, name: str) -> None:
+        self.ch = ch
+        self.name = name
+        self.pending: dict[int, _Reply] = {}
+        self.ids = itertools.count(1)
+        self.dead: BaseException | None = None
+
+    async def reader(self) -> None:
+        try:
+            while True:
+                header, payload = await self.ch.recv_frame()
+                rep = self.pending.pop(header.get("id", -1), None)
+                if rep is None:
+                    raise ProtocolError(f"reply to unknown request {header.get('id')!r}")
+                rep.header, rep.payload = header, payload
+                rep.event.set()
+        except (
+            OSError,
+            EOFError,
+            ProtocolError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ) as e:
+            self.fail(e)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.dead is None:
+            self.dead = exc
+        for rep in self.pending.values():
+            rep.error = exc
+            rep.event.set()
+        self.pending.clear()
+        self.ch.close()
+
+    async def call(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
+        if self.dead is not None:
+            raise HostError(f"{self.name}: {self.dead}")
+        rid = next(self.ids)
+        header["id"] = rid
+        rep = _Reply()
+        self.pending[rid] = rep
+        try:
+            await self.ch.send_frame(header)
+            await rep.event.wait()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self.fail(e)
+            raise HostError(f"{self.name}: {e}") from None
+        finally:
+            self.pending.pop(rid, None)
+        if rep.error is not None:
+            raise HostError(f"{self.name}: {rep.error}")
+        assert rep.header is not None
+        return rep.header, rep.payload
+
+
+class _Endpoint:
+    def __init__(self, host: str, port: int, pool: int) -> None:
+        self.host, self.port = host, port
+        self.name = f"{host}:{port}"
+        self.pool_size = pool
+        self.conns: list[_Conn] = []
+        self.rr = itertools.count()
+        self.down_until = 0.0
+        self.lock = trio.Lock()
+        self.counters = {"requests": 0, "failures": 0, "bytes": 0}
+        self.last_error = ""
+
+    def state(self) -> str:
+        return "down" if self.down_until > trio.current_time() else "up"
+
+
+class RemoteSource:
+    """A :class:`~dadafs.source.Source` that forwards every call upstream."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        key: bytes,
+        nursery: trio.Nursery,
+        *,
+        pool: int = 4,
+        connect_timeout: float = 3.0,
+        request_timeout: float = 10.0,
+        timeout: float = 30.0,
+        reset_interval: float = 30.0,
+    ) -> None:
+        self.spec_text = format_spec(spec)
+        self.groups = [[_Endpoint(h, p, pool) for h, p in g] for g in spec]
+        self.key = key
+        self.nursery = nursery
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.timeout = timeout
+        self.reset_interval = reset_interval
+
+    async def _connect(self, ep: _Endpoint) -> _Conn:
+        with trio.fail_after(self.connect_timeout):
+            stream = await trio.open_tcp_stream(ep.host, ep.port)
+            sock = stream.socket
+            ch = Channel(sock, max_header=MAX_REPLY_HEADER, max_payload=MAX_REPLY_PAYLOAD)
+            try:
+                await client_handshake(ch, self.key)
+            except BaseException:
+                sock.close()
+                raise
+        conn = _Conn(ch, ep.name)
+        self.nursery.start_soon(conn.reader)
+        return conn
+
+    async def _conn_for(self, ep: _Endpoint) -> _Conn:
+        ep.conns = [c for c in ep.conns if c.dead is None]
+        if len(ep.conns) < ep.pool_size:
+            async with ep.lock:
+                ep.conns = [c for c in ep.conns if c.dead is None]
+                if len(ep.conns) < ep.pool_size:
+                    ep.conns.append(await self._connect(ep))
+        return ep.conns[next(ep.rr) % len(ep.conns)]
+
+    def _candidates(self) -> list[_Endpoint]:
+        now = trio.current_time()
+        out: list[_Endpoint] = []
+        for g in self.groups:
+            start = next(g[0].rr) if len(g) > 1 else 0
+            out += [
+                g[(start + i) % len(g)]
+                for i in range(len(g))
+                if g[(start + i) % len(g)].down_until <= now
+            ]
+        return out
+
+    async def call(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
+        """Send a request to the first healthy upstream; raise FsError for a file error."""
+        deadline = trio.current_time() + self.timeout
+        delay = 0.05
+        while True:
+            for ep in self._candidates():
+                try:
+                    with trio.fail_after(self.request_timeout):
+                        conn = await self._conn_for(ep)
+                        ep.counters["requests"] += 1
+                        reply, payload = await conn.call(dict(header))
+                except (HostError, OSError, ProtocolError, trio.TooSlowError) as e:
+                    ep.counters["failures"] += 1
+                    ep.last_error = str(e) or type(e).__name__
+                    ep.down_until = trio.current_time() + self.reset_interval
+                    for c in ep.conns:
+                        c.fail(e)
+                    ep.conns.clear()
+                    log.warning(
+                        "upstream %s failed (%s); trying the next one", ep.name, ep.last_error
+                    )
+                    continue
+                if "e" in reply:
+                    raise FsError(int(reply["e"]))
+                if payload is not None:
+                    ep.counters["bytes"] += len(payload)
+                return reply, payload
+            now = trio.current_time()
+            if now >= deadline:
+                raise FsError(errno.EIO, f"no upstream of {self.spec_text} answered")
+            # Every host is marked down: probe them again soon rather than waiting out the reset.
+            for g in self.groups:
+                for ep in g:
+                    ep.down_until = min(ep.down_until, now + delay)
+            await trio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 1.0)
+
+    # -- the Source interface ----------------------------------------------------------------
+    async def stat(self, path: bytes) -> Attr:
+        r, _ = await self.call({"op": "stat", "p": path})
+        return Attr.from_wire(r["r"])
+
+    async def listdir(self, path: bytes) -> list[tuple[bytes, Attr]]:
+        r, _ = await self.call({"op": "list", "p": path})
+        try:
+            return [(bytes(n), Attr.from_wire(a)) for n, a in r["r"]]
+        except (TypeError, ValueError) as e:
+            raise FsError(errno.EPROTO, f"malformed listing: {e}") from None
+
+    async def readlink(self, path: bytes) -> bytes:
+        r, _ = await self.call({"op": "readlink", "p": path})
+        return bytes(r["r"])
+
+    async def statfs(self, path: bytes) -> dict[str, int]:
+        r, _ = await self.call({"op": "statfs", "p": path})
+        return dict(r["r"])
+
+    async def read_chunk(self, path: bytes, version: Version, index: int) -> Buf:
+        _, payload = await self.call({"op": "read", "p": path, "v": list(version), "i": index})
+        if payload is None:
+            raise FsError(errno.EPROTO, "read reply without data")
+        return payload
+
+    async def remote_stats(self) -> dict[str, Any]:
+        r, _ = await self.call({"op": "stats"})
+        return dict(r["r"])
+
+    def stats(self) -> dict[str, Any]:
+        ups = []
+        for gi, g in enumerate(self.groups):
+            for ep in g:
+                ups.append(
+                    {
+                        "endpoint": ep.name,
+                        "group": gi,
+                        "state": ep.state(),
+                        "last_error": ep.last_error,
+                        **ep.counters,
+                    }
+                )
+        return {
+            "kind": "remote",
+            "spec": self.spec_text,
+            "upstream_bytes": sum(u["bytes"] for u in ups),
+            "upstreams": ups,
+        }
+
+    async def aclose(self) -> None:
+        for g in self.groups:
+            for ep in g:
+                for c in ep.conns:
+                    c.fail(EOFError("closed"))
+                ep.conns.clear()

@@ -1,0 +1,172 @@
+"""The protocol server: exposes any :class:`~dadafs.source.Source` to authenticated peers.
+
+One task per connection reads requests; each request runs in its own task (at most
+``max_inflight`` per connection: beyond that the reader stops reading, which pushes back on the
+peer). Replies are sent under the channel's send lock, in completion order. A peer that breaks
+the protocol (garbage, an oversized frame, a failed handshake) loses its connection; nothing it
+sends can affect other connections.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .protocol import AuthError, Channel, ProtocolError, server_handshake
+from .source import FsError, Source
+from .util import ConfigError
+
+log = logging.getLogger("dadafs.server")
+
+MAX_REQUEST_HEADER = 64 * 1024
+MAX_INFLIGHT = 128
+
+
+class Server:
+    def __init__(self, source: Source, key: bytes, *, max_inflight: int = MAX_INFLIGHT) -> None:
+        self.source = source
+        self.key = key
+        self.max_inflight = max_inflight
+        self.counters = {
+            "connections": 0,
+            "connections_open": 0,
+            "requests": 0,
+            "bytes_sent": 0,
+            "auth_failures": 0,
+            "protocol_errors": 0,
+        }
+        self.extra_stats: Callable[[], dict[str, Any]] | None = None
+
+    async def listen(
+        self, host: str, port: int, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"cannot listen on {host}:{port}: port in use") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        addrs = [ln.socket.getsockname() for ln in listeners]
+        log.info("serving on %s", ", ".join(f"{a[0]}:{a[1]}" for a in addrs))
+        task_status.started(addrs)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ch = Channel(sock, max_header=MAX_REQUEST_HEADER, max_payload=0)
+        self.counters["connections"] += 1
+        self.counters["connections_open"] += 1
+        try:
+            try:
+                await server_handshake(ch, self.key)
+            except AuthError as e:
+                self.counters["auth_failures"] += 1
+                log.warning("refused %s: %s", ch.peer, e)
+                return
+            except (ProtocolError, trio.TooSlowError) as e:
+                self.counters["protocol_errors"] += 1
+                log.warning("dropped %s during handshake: %s", ch.peer, e)
+                return
+            log.debug("peer %s authenticated", ch.peer)
+            limit = trio.Semaphore(self.max_inflight)
+            async with trio.open_nursery() as nursery:
+                try:
+                    while True:
+                        header, _ = await ch.recv_frame()
+                        await limit.acquire()
+                        nursery.start_soon(self._request, ch, header, limit)
+                except ProtocolError as e:
+                    self.counters["protocol_errors"] += 1
+                    log.warning("dropped %s: %s", ch.peer, e)
+                except (EOFError, OSError, trio.BrokenResourceError):
+                    pass
+                nursery.cancel_scope.cancel()
+        except (EOFError, OSError, trio.BrokenResourceError):
+            pass
+        finally:
+            self.counters["connections_open"] -= 1
+            ch.close()
+
+    async def _request(self, ch: Channel, h: dict[str, Any], limit: trio.Semaphore) -> None:
+        try:
+            rid = h.get("id")
+            self.counters["requests"] += 1
+            try:
+                await self._dispatch(ch, rid, h)
+            except FsError as e:
+                await ch.send_frame({"id": rid, "e": e.errno or errno.EIO})
+            except (ProtocolError, TypeError, ValueError, KeyError) as e:
+                log.warning("bad request from %s: %s", ch.peer, e)
+                await ch.send_frame({"id": rid, "e": errno.EINVAL})
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            ch.close()  # the reader notices and ends the connection
+        finally:
+            limit.release()
+
+    async def _dispatch(self, ch: Channel, rid: Any, h: dict[str, Any]) -> None:
+        op = h.get("op")
+        if op == "read":
+            path, version, index = _path(h), h["v"], h["i"]
+            if not (
+                isinstance(version, list)
+                and len(version) == 3
+                and isinstance(index, int)
+                and index >= 0
+            ):
+                raise ProtocolError("bad read arguments")
+            ref_fn = getattr(self.source, "read_chunk_ref", None)
+            if ref_fn is not None:
+                ref = await ref_fn(path, (version[0], version[1], version[2]), index)
+                if ref is not None:
+                    try:
+                        await ch.send_frame_file({"id": rid}, ref.fd, ref.offset, ref.length)
+                        self.counters["bytes_sent"] += ref.length
+                    finally:
+                        ref.release()
+                    return
+            data = await self.source.read_chunk(path, (version[0], version[1], version[2]), index)
+            await ch.send_frame({"id": rid}, data)
+            self.counters["bytes_sent"] += len(data)
+            return
+        handler: Callable[[bytes], Awaitable[Any]] | None = {
+            "stat": self._stat,
+            "list": self._list,
+            "readlink": self.source.readlink,
+            "statfs": self.source.statfs,
+        }.get(op)  # type: ignore[arg-type]
+        if handler is not None:
+            await ch.send_frame({"id": rid, "r": await handler(_path(h))})
+        elif op == "stats":
+            await ch.send_frame({"id": rid, "r": self.stats()})
+        else:
+            raise ProtocolError(f"unknown op {op!r}")
+
+    async def _stat(self, path: bytes) -> list[int]:
+        return (await self.source.stat(path)).to_wire()
+
+    async def _list(self, path: bytes) -> list[Any]:
+        return [[n, a.to_wire()] for n, a in await self.source.listdir(path)]
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "pid": os.getpid(),
+            "server": dict(self.counters),
+            "source": self.source.stats(),
+        }
+        if self.extra_stats is not None:
+            out.update(self.extra_stats())
+        return out
+
+
+def _path(h: dict[str, Any]) -> bytes:
+    p = h.get("p")
+    if not isinstance(p, bytes):
+        raise ProtocolError("path must be bytes")
+    return p
