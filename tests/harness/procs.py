@@ -17,11 +17,12 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 
 class ProcessFailed(RuntimeError):
@@ -68,6 +69,10 @@ def netns_argv(netns: str | None, argv: Sequence[str]) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
 
 
+def _sigterm_to_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 class Procs:
     """Starts processes and stops every one of them (and their mounts) on exit."""
 
@@ -78,6 +83,11 @@ class Procs:
         logdir.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> Procs:
+        # A run stopped with SIGTERM (timeout(1), CI cancelling) must still clean up: turn the
+        # signal into SystemExit so ``finally`` blocks and ``__exit__`` run.
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _sigterm_to_exit)
         return self
 
     def __exit__(
@@ -109,6 +119,13 @@ class Procs:
         proc = Proc(name, full, popen, log)
         self.procs.append(proc)
         return proc
+
+    def get(self, name: str) -> Proc:
+        """The most recent process started as ``name``."""
+        for proc in reversed(self.procs):
+            if proc.name == name:
+                return proc
+        raise KeyError(f"no process named {name!r}")
 
     def add_mount(self, path: Path) -> None:
         self.mounts.append(path)
