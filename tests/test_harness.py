@@ -79,10 +79,14 @@ def test_tbf_limits_rate(topo: Topology, procs: Procs) -> None:
 
 def test_statistic_loss_drops_packets_but_tcp_delivers(topo: Topology, procs: Procs) -> None:
     a, b, link = pair(topo)
-    topo.drop(link.b, 0.05)
+    topo.drop(link.b, 0.05, "both")
     sent, got = transfer(procs, b, "10.77.0.2:7000", a, "10.77.0.2:7000", 4 << 20)
     assert got["xxh3"] == sent["xxh3"]
     assert topo.dropped(link.b) > 0
+    topo.undrop(link.b, 0.05, "both")
+    before = topo.dropped(link.b)
+    sent, got = transfer(procs, b, "10.77.0.2:7001", a, "10.77.0.2:7001", 1 << 20)
+    assert got["xxh3"] == sent["xxh3"] and topo.dropped(link.b) == before == 0
 
 
 def test_relay_adds_delay_to_each_direction(procs: Procs) -> None:
@@ -132,6 +136,30 @@ def test_relay_keeps_bytes_and_pipelines(procs: Procs) -> None:
     assert got["bytes"] == sent["bytes"] == 256 << 20
     assert got["xxh3"] == sent["xxh3"]
     assert 8 * int(sent["bytes"]) / float(sent["seconds"]) > 1.5e9
+
+
+def test_relay_rate_limit_paces_a_slow_upstream(procs: Procs) -> None:
+    sink_port, relay_port = free_port(), free_port()
+    relay = procs.start(
+        "relay",
+        [
+            *RELAY,
+            "--listen",
+            f"127.0.0.1:{relay_port}",
+            "--to",
+            f"127.0.0.1:{sink_port}",
+            "--rate-mbit",
+            "40",
+        ],  # fmt: skip
+        cwd=ROOT,
+    )
+    wait_listening(relay, relay_port)
+    sent, got = transfer(
+        procs, None, f"127.0.0.1:{sink_port}", None, f"127.0.0.1:{relay_port}", 3 << 20
+    )
+    assert got["xxh3"] == sent["xxh3"]
+    bits_per_s = 8 * int(sent["bytes"]) / float(sent["seconds"])
+    assert 0.8 * 40e6 < bits_per_s < 1.05 * 40e6, bits_per_s
 
 
 def test_relay_rejects_bad_arguments() -> None:

@@ -149,19 +149,41 @@ class Topology:
         self.shape(link.a, rate_bit)
         self.shape(link.b, rate_bit)
 
-    def drop(self, ep: Endpoint, probability: float) -> None:
-        """Drop incoming packets on ``ep`` at random with ``probability`` (iptables statistic)."""
+    def drop(self, ep: Endpoint, probability: float, direction: str = "in") -> None:
+        """Drop packets on ``ep`` at random with ``probability`` (iptables ``statistic``):
+        ``in`` what arrives there, ``out`` what leaves, ``both``. Rules stay until the namespace
+        goes; ``undrop`` removes them earlier."""
         if not 0.0 <= probability <= 1.0:
             raise NetnsError(f"drop probability must be within [0, 1]: {probability}")
-        in_ns(ep.ns, "iptables", "-w", "-A", "INPUT", "-i", ep.ifname, "-m", "statistic",
-              "--mode", "random", "--probability", f"{probability:.6f}", "-j", "DROP")  # fmt: skip
+        for chain, flag in self._chains(direction):
+            in_ns(ep.ns, "iptables", "-w", "-A", chain, flag, ep.ifname, *self._stat(probability))
+
+    def undrop(self, ep: Endpoint, probability: float, direction: str = "in") -> None:
+        for chain, flag in self._chains(direction):
+            in_ns(ep.ns, "iptables", "-w", "-D", chain, flag, ep.ifname, *self._stat(probability))
+
+    @staticmethod
+    def _chains(direction: str) -> list[tuple[str, str]]:
+        table = {"in": [("INPUT", "-i")], "out": [("OUTPUT", "-o")]}
+        table["both"] = table["in"] + table["out"]
+        if direction not in table:
+            raise NetnsError(f"direction must be in, out or both: {direction!r}")
+        return table[direction]
+
+    @staticmethod
+    def _stat(probability: float) -> list[str]:
+        return ["-m", "statistic", "--mode", "random", "--probability", f"{probability:.6f}",
+                "-j", "DROP"]  # fmt: skip
 
     def dropped(self, ep: Endpoint) -> int:
-        """Packets dropped so far by the ``drop`` rule on ``ep``."""
-        out = in_ns(ep.ns, "iptables", "-w", "-L", "INPUT", "-v", "-x", "-n")
-        return sum(
-            int(ln.split()[0]) for ln in out.splitlines() if ep.ifname in ln and "DROP" in ln
-        )
+        """Packets dropped so far by the ``drop`` rules on ``ep`` (both directions)."""
+        total = 0
+        for chain in ("INPUT", "OUTPUT"):
+            out = in_ns(ep.ns, "iptables", "-w", "-L", chain, "-v", "-x", "-n")
+            total += sum(
+                int(ln.split()[0]) for ln in out.splitlines() if ep.ifname in ln and "DROP" in ln
+            )
+        return total
 
     def route(self, ns: str, dest: str, via: str) -> None:
         sh("ip", "-n", ns, "route", "add", dest, "via", via)

@@ -7,6 +7,7 @@ that stamps every chunk it receives with ``arrival + delay`` and queues it, and 
 each chunk once its time has come. Reading never waits for writing (only for a bound on the bytes
 held, ``--max-buffer``), so the relay keeps a link full whatever the delay: throughput is limited
 by ``max_buffer / delay``, not by round trips. Half-closes and resets are passed on.
+``--rate-mbit`` additionally paces each direction (a slow upstream, for fault tests).
 """
 
 from __future__ import annotations
@@ -19,17 +20,25 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from types import FrameType
 
 CHUNK = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class Params:
+    delay: float  # seconds, each direction
+    max_buffer: int  # bytes held per direction at most
+    rate: float | None = None  # bytes per second per direction, None: unlimited
+
+
 class Direction:
     """Bytes from ``src`` to ``dst``, each chunk released ``delay`` seconds after it arrived."""
 
-    def __init__(self, src: socket.socket, dst: socket.socket, delay: float, max_buffer: int):
-        self.src, self.dst, self.delay = src, dst, delay
-        self.max_chunks = max(2, max_buffer // CHUNK)
+    def __init__(self, src: socket.socket, dst: socket.socket, p: Params):
+        self.src, self.dst, self.delay, self.rate = src, dst, p.delay, p.rate
+        self.max_chunks = max(2, p.max_buffer // CHUNK)
         self.free: list[bytearray] = []
         self.allocated = 0
         # (due time, buffer, length); a buffer of None marks the end of the stream.
@@ -37,6 +46,7 @@ class Direction:
         self.cond = threading.Condition()
         self.failed = False
         self.bytes = 0
+        self.t0 = 0.0
 
     def _buffer(self) -> bytearray | None:
         with self.cond:
@@ -81,14 +91,30 @@ class Direction:
                     self.dst.shutdown(socket.SHUT_WR)
                 return
             try:
-                self.dst.sendall(memoryview(buf)[:n])
+                self.send(memoryview(buf)[:n])
             except OSError:
                 self.abort()
                 return
-            self.bytes += n
             with self.cond:
                 self.free.append(buf)
                 self.cond.notify_all()
+
+    def send(self, data: memoryview) -> None:
+        """Send ``data``; with a rate limit, in slices of 10 ms paced to that rate."""
+        if self.rate is None:
+            self.dst.sendall(data)
+            self.bytes += len(data)
+            return
+        if self.bytes == 0:
+            self.t0 = time.monotonic()
+        step = max(1024, int(self.rate / 100))
+        for off in range(0, len(data), step):
+            piece = data[off : off + step]
+            self.dst.sendall(piece)
+            self.bytes += len(piece)
+            wait = self.t0 + self.bytes / self.rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
 
     def abort(self) -> None:
         """A reset on either side: reset the other side too (SO_LINGER 0) and stop both loops."""
@@ -103,7 +129,7 @@ class Direction:
                 s.shutdown(socket.SHUT_RDWR)
 
 
-def serve_connection(client: socket.socket, target: tuple[str, int], delay: float, max_buffer: int):
+def serve_connection(client: socket.socket, target: tuple[str, int], p: Params) -> None:
     try:
         upstream = socket.create_connection(target)
     except OSError:
@@ -112,8 +138,8 @@ def serve_connection(client: socket.socket, target: tuple[str, int], delay: floa
     for s in (client, upstream):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     dirs = [
-        Direction(client, upstream, delay, max_buffer),
-        Direction(upstream, client, delay, max_buffer),
+        Direction(client, upstream, p),
+        Direction(upstream, client, p),
     ]
     threads = [
         threading.Thread(target=f, daemon=True) for d in dirs for f in (d.read_loop, d.write_loop)
@@ -138,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--listen", type=parse_addr, required=True, metavar="HOST:PORT")
     ap.add_argument("--to", type=parse_addr, required=True, metavar="HOST:PORT")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per direction")
+    ap.add_argument(
+        "--rate-mbit", type=float, help="limit each direction of each connection (a slow upstream)"
+    )
     ap.add_argument("--max-buffer", type=int, default=64 << 20, help="bytes held per direction")
     args = ap.parse_args(argv)
     if args.delay_ms < 0:
         ap.error("--delay-ms must not be negative")
+    if args.rate_mbit is not None and args.rate_mbit <= 0:
+        ap.error("--rate-mbit must be positive")
 
     def stop(_sig: int, _frame: FrameType | None) -> None:
         raise SystemExit(0)
@@ -153,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     srv.listen(128)
     print(f"relay {args.listen[0]}:{args.listen[1]} -> {args.to[0]}:{args.to[1]} "
           f"delay {args.delay_ms} ms", flush=True)  # fmt: skip
-    delay = args.delay_ms / 1000.0
+    params = Params(
+        args.delay_ms / 1000.0,
+        args.max_buffer,
+        None if args.rate_mbit is None else args.rate_mbit * 1e6 / 8,
+    )
     while True:
         conn, _ = srv.accept()
-        threading.Thread(
-            target=serve_connection, args=(conn, args.to, delay, args.max_buffer), daemon=True
-        ).start()
+        threading.Thread(target=serve_connection, args=(conn, args.to, params), daemon=True).start()
 
 
 if __name__ == "__main__":
