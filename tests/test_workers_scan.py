@@ -161,3 +161,20 @@ def test_bad_parameters_name_what_is_valid(params: dict, message: str) -> None:
     with pytest.raises(BadParameter) as e:
         parse_request("/d/s.h5", {"horz": 2, "vert": 2, **params})
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_input_version_follows_every_input_file(tmp_path: Path) -> None:
+    import os
+
+    master = write_eiger_scan(tmp_path, "v", 4, 3, shape=(16, 16), frames_per_file=5)
+    req = parse_request(str(master), {"horz": 4, "vert": 3})
+    plan = engine.plan(req)
+    assert [p.name for p in plan.source.files()] == [
+        "v_master.h5", "v_data_000001.h5", "v_data_000002.h5", "v_data_000003.h5"
+    ]  # fmt: skip
+    v1 = engine.input_version(req)
+    assert engine.input_version(req) == v1
+    data = tmp_path / "v_data_000002.h5"
+    st = data.stat()
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert engine.input_version(req) != v1

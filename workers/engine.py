@@ -13,6 +13,7 @@ run in parallel. Plans (opened source, masks, index arrays) are cached per reque
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -29,7 +30,17 @@ from workers.request import URL_PREFIX, Request
 from workers.result import Partial, Result
 from workers.result import assemble as assemble
 
-__all__ = ["Plan", "assemble", "compute", "execute", "make_plan", "plan", "run", "scan_path"]
+__all__ = [
+    "Plan",
+    "assemble",
+    "compute",
+    "execute",
+    "input_version",
+    "make_plan",
+    "plan",
+    "run",
+    "scan_path",
+]
 
 
 def scan_path(request: Request) -> Path:
@@ -88,6 +99,16 @@ def plan(request: Request) -> Plan:
     if old is not None:
         old.source.close()
     return p
+
+
+def input_version(request: Request) -> str:
+    """A digest of the (path, inode, size, mtime) of every file the request's frames come from:
+    with :meth:`Request.key` it keys a result cache, and changes when any input file does."""
+    h = hashlib.sha256()
+    for f in plan(request).source.files():
+        st = f.stat()
+        h.update(f"{f}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
 
 
 def compute(

@@ -127,7 +127,12 @@ def _bad(name: str, value: object, valid: str) -> BadParameter:
 def _numbers(name: str, text: object, groups: tuple[int, ...], valid: str) -> list[list[float]]:
     """Split ``a,b;c,d`` into groups of the given sizes (any listed size is accepted)."""
     if isinstance(text, (list, tuple)):
-        flat = [float(x) for x in text]
+        try:
+            flat = [float(x) for x in text]
+        except (TypeError, ValueError):
+            raise _bad(name, text, valid) from None
+        if len(flat) not in groups or any(not math.isfinite(x) for x in flat):
+            raise _bad(name, text, valid)
         return [flat]
     parts = [p for p in str(text).replace(" ", "").split(";")]
     try:
@@ -285,7 +290,7 @@ _FORMAT: dict[str, Callable[[Any], str]] = {
     "diff": str,
     "stack": lambda s: f"{s[0]},{s[1]}",
     "polarroi": _fmt_groups((2, 2, 2)),
-    "radial": lambda r: _fmt_groups((2, 2, 1))(r),
+    "radial": _fmt_groups((2, 2, 1)),
     "gridroi": _fmt_groups((4, 2, 2)),
     "poni": str,
     "unit": str,

@@ -50,6 +50,10 @@ class FrameSource(ABC):
     @abstractmethod
     def nframes(self) -> int: ...
 
+    def files(self) -> list[Path]:
+        """The files the frames come from (for version keys of result caches)."""
+        return []
+
     def static_mask(self) -> np.ndarray | None:
         """Pixels that are bad in every frame (True = bad), or None."""
         return None

@@ -61,6 +61,9 @@ class EigerSource(FrameSource):
         if first.dtype.kind not in "uif":
             raise FormatError(f"{path}: unsupported pixel type {first.dtype}")
         self.dtype = np.dtype(np.float32 if first.dtype.kind == "f" else np.uint32)
+        self._files = [path] + sorted(
+            {Path(d.file.filename) for d in self._datasets} - {Path(self._file.filename)}
+        )
         self._starts = np.cumsum([0] + [int(d.shape[0]) for d in self._datasets])
         self._fast = [self._is_fast(d) for d in self._datasets]
         self._local = threading.local()
@@ -71,6 +74,9 @@ class EigerSource(FrameSource):
         plist = ds.id.get_create_plist()
         filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
         return filters == [BSLZ4] and ds.dtype.kind in "ui"
+
+    def files(self) -> list[Path]:
+        return list(self._files)
 
     @property
     def nframes(self) -> int:

@@ -30,7 +30,7 @@ class Lz4Folder(FrameSource):
 
     def __init__(self, path: Path) -> None:
         folder = path if path.is_dir() else path.parent
-        self.files = frame_files(folder, self.extensions) if path.is_dir() else [path]
+        self.files_ = frame_files(folder, self.extensions) if path.is_dir() else [path]
         try:
             info = json.loads((folder / "info.json").read_text())
             self.shape = (int(info["shape"][0]), int(info["shape"][1]))
@@ -39,19 +39,22 @@ class Lz4Folder(FrameSource):
             raise FormatError(f"{folder}/info.json: needs shape [H, W] and dtype ({e})") from None
         self.dtype = np.dtype(self.raw_dtype if self.raw_dtype.kind == "f" else np.uint32)
 
+    def files(self) -> list[Path]:
+        return list(self.files_)
+
     @property
     def nframes(self) -> int:
-        return len(self.files)
+        return len(self.files_)
 
     def read_into(self, index: int, out: np.ndarray) -> np.ndarray:
         self.check_index(index)
         try:
-            raw = lz4.frame.decompress(self.files[index].read_bytes())
+            raw = lz4.frame.decompress(self.files_[index].read_bytes())
         except (OSError, RuntimeError) as e:
-            raise FormatError(f"cannot read {self.files[index]} as LZ4: {e}") from None
+            raise FormatError(f"cannot read {self.files_[index]} as LZ4: {e}") from None
         expect = self.shape[0] * self.shape[1] * self.raw_dtype.itemsize
         if len(raw) != expect:
-            raise FormatError(f"{self.files[index]}: {len(raw)} bytes, expected {expect}")
+            raise FormatError(f"{self.files_[index]}: {len(raw)} bytes, expected {expect}")
         data = np.frombuffer(raw, dtype=self.raw_dtype).reshape(self.shape)
         if data.dtype == out.dtype and data.dtype.kind == "u" and data.dtype.itemsize == 4:
             np.copyto(out, data)

@@ -35,6 +35,9 @@ class TiffSource(FrameSource):
         self.shape = (int(first.shape[0]), int(first.shape[1]))
         self.dtype = np.dtype(first.dtype if first.dtype.kind == "f" else np.uint32)
 
+    def files(self) -> list[Path]:
+        return sorted({f for f, _ in self._pages})
+
     @property
     def nframes(self) -> int:
         return len(self._pages)
