@@ -32,7 +32,7 @@ MAX_DEFAULT_SEG = 64 << 20
 SEQ_JUMP = (
     1 << 24
 )  # a restart continues far above the last seq: a crashed run's leftovers never chain
-POLICIES = ("fifo", "clock")
+POLICIES = ("fifo", "clock", "clock-late")
 
 
 def default_segment_size(capacity: int) -> int:
@@ -231,7 +231,7 @@ class Device:
                 self.c["misses"] += 1
                 return None
             meta = self.index.meta(slot)
-            if self.policy == "clock" and not meta & ix.REF:
+            if self.policy != "fifo" and not meta & ix.REF:
                 self.index.set_meta(slot, meta | ix.REF)
             loc = ix.meta_loc(meta) * L.ALIGN
             seg = loc // self.seg_size
@@ -350,6 +350,8 @@ class Device:
                 footer = L.pack_footer(rows)
                 self._write((self.head_seg + 1) * self.seg_size - len(footer), [footer])
             keep = self._evict(nxt)
+            if self.policy == "clock-late":
+                self._clear_refs((nxt + self.nseg // 2) % self.nseg)
             base = nxt * self.seg_size
             self._write(base + self.seg_size - L.TRAILER_SIZE, [bytes(L.TRAILER_SIZE)])
         except OSError as e:
@@ -386,6 +388,16 @@ class Device:
             self.c["evictions"] += 1
         self.c["evictions"] -= len(keep)
         return keep
+
+    def _clear_refs(self, seg: int) -> None:
+        """Forget the references of a segment half a lap old: only later ones earn a second chance."""
+        base = seg * self.seg_size
+        for e in scan_segment(self._read, base, self.seg_size).entries:
+            slot = self.index.find(*ix.split_key(bytes(e["key"])))
+            if slot >= 0:
+                meta = self.index.meta(slot)
+                if meta & ix.REF and ix.meta_loc(meta) * L.ALIGN == base + int(e["off"]):
+                    self.index.set_meta(slot, meta & ~ix.REF)
 
     def _reinsert(self, keep: list[tuple[bytes, bytes]]) -> None:
         """Write second-chance records at the head (lock held, fresh segment, so they fit)."""

@@ -8,7 +8,8 @@ the two halves of the 128-bit key and a ``meta`` word::
     bits 41-61  length in bytes (1 .. 2**20)
     bits 0-35   location in 512-byte units (32 TiB per device)
 
-Keys are xxh3-128 digests, so ``k0 % slots`` is a uniform home slot. Deletion shifts the following
+The home slot is ``(k0 * golden) mod 2**64 % slots``: uniform for xxh3 keys and still spread for
+keys that are not hashes (sequential ids would otherwise form one long probe cluster). Deletion shifts the following
 cluster back (no tombstones), so lookups never degrade. The table grows by 1.5x above a load of
 0.7, which keeps it between 34 and 52 bytes per entry once past its minimum size. Single scalar
 operations go through a ``memoryview`` of the array (cheaper than numpy scalar indexing); loading
@@ -26,6 +27,12 @@ LEN_MASK = (1 << 21) - 1
 LOC_MASK = (1 << 36) - 1
 MAX_LOAD = 0.7
 MIN_SLOTS = 1024
+GOLDEN = 0x9E3779B97F4A7C15
+M64 = (1 << 64) - 1
+
+
+def home(k0: int, slots: int) -> int:
+    return ((k0 * GOLDEN) & M64) % slots
 
 
 def pack_meta(loc_units: int, length: int, ref: bool = False) -> int:
@@ -67,7 +74,7 @@ class ChunkIndex:
     def find(self, k0: int, k1: int) -> int:
         """Slot of the key, or -1."""
         mv, n = self._mv, self.slots
-        i = k0 % n
+        i = home(k0, n)
         while True:
             meta = mv[3 * i + 2]
             if not meta:
@@ -90,7 +97,7 @@ class ChunkIndex:
         if (self.count + 1) > MAX_LOAD * self.slots:
             self._grow()
         mv, n = self._mv, self.slots
-        i = k0 % n
+        i = home(k0, n)
         while True:
             old = mv[3 * i + 2]
             if not old:
@@ -111,9 +118,9 @@ class ChunkIndex:
             j = j + 1 if j + 1 < n else 0
             if not mv[3 * j + 2]:
                 break
-            home = mv[3 * j] % n
+            h = home(mv[3 * j], n)
             # Move j into the hole at i unless j's home lies cyclically in (i, j].
-            if (home <= i or home > j) if i <= j else (home <= i and home > j):
+            if (h <= i or h > j) if i <= j else (h <= i and h > j):
                 mv[3 * i], mv[3 * i + 1], mv[3 * i + 2] = mv[3 * j], mv[3 * j + 1], mv[3 * j + 2]
                 i = j
         mv[3 * i], mv[3 * i + 1], mv[3 * i + 2] = 0, 0, 0
@@ -156,7 +163,8 @@ class ChunkIndex:
         t = self._arr.reshape(-1, 3)
         n = np.uint64(self.slots)
         pend = np.arange(len(k0))
-        pos = k0.astype(np.uint64) % n
+        with np.errstate(over="ignore"):
+            pos = (k0.astype(np.uint64) * np.uint64(GOLDEN)) % n
         while len(pend):
             free = t[pos.astype(np.int64), 2] == 0
             cand = np.flatnonzero(free)
