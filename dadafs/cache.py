@@ -22,7 +22,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgpack
 import trio
+import xxhash
 
 from .source import CHUNK_SIZE, Attr, Buf, FsError, Source, Version, checksum, chunk_key
 
@@ -105,6 +107,7 @@ class _Meta:
         self.ttl = ttl
         self.max_entries = max_entries
         self.d: dict[tuple[str, bytes], tuple[float, Any]] = {}
+        self.expired: dict[tuple[str, bytes], tuple[float, Any]] = {}
 
     def get(self, kind: str, path: bytes) -> tuple[bool, Any]:
         hit = self.d.get((kind, path))
@@ -112,6 +115,9 @@ class _Meta:
             return False, None
         if hit[0] < trio.current_time():
             del self.d[(kind, path)]
+            if len(self.expired) >= self.max_entries:
+                self.expired.clear()
+            self.expired[(kind, path)] = hit
             return False, None
         return True, hit[1]
 
@@ -125,9 +131,44 @@ class _Meta:
                 self.d.clear()
         self.d[(kind, path)] = (trio.current_time() + self.ttl, value)
 
+    def stale(self, kind: str, path: bytes) -> Any:
+        """The last answer even if expired (kept until evicted), or None."""
+        hit = self.d.get((kind, path)) or self.expired.get((kind, path))
+        return None if hit is None else hit[1]
+
     def forget(self, path: bytes) -> None:
         for kind in ("stat", "list", "link"):
             self.d.pop((kind, path), None)
+
+
+# Errors that mean "upstream unreachable", not "the file says no": stale answers may stand in.
+_HOST_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ECONNREFUSED}
+
+
+def _meta_key(kind: str, path: bytes) -> bytes:
+    return xxhash.xxh3_128_digest(b"meta\0" + kind.encode() + b"\0" + path)
+
+
+def _encode_meta(kind: str, value: Any) -> Any:
+    if isinstance(value, FsError):
+        return {"e": value.errno}
+    if kind == "stat":
+        return value.to_wire()
+    if kind == "list":
+        return [[n, a.to_wire()] for n, a in value]
+    return value
+
+
+def _decode_meta(kind: str, raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return FsError(int(raw["e"]))
+    if kind == "stat":
+        return Attr.from_wire(raw)
+    if kind == "list":
+        return [(bytes(n), Attr.from_wire(a)) for n, a in raw]
+    if not isinstance(raw, bytes):
+        raise TypeError("readlink record is not bytes")
+    return raw
 
 
 class CacheSource:
@@ -141,6 +182,8 @@ class CacheSource:
         meta_ttl: float = 1.0,
         prefetch: int = 0,
         nursery: trio.Nursery | None = None,
+        persist_meta: bool = False,
+        stale_after: float = 2.0,
     ) -> None:
         self.upstream = upstream
         self.store = store
@@ -151,6 +194,8 @@ class CacheSource:
         self.nursery = nursery
         self._last_index: dict[bytes, int] = {}
         self._prefetch_slots = trio.Semaphore(32)
+        self.persist_meta = persist_meta
+        self.stale_after = stale_after  # with a stale answer at hand, wait no longer upstream
         self.counters = {
             "hits": 0,
             "misses": 0,
@@ -163,16 +208,53 @@ class CacheSource:
     async def _cached(self, kind: str, path: bytes, fetch: Any) -> Any:
         ok, value = self.meta.get(kind, path)
         if not ok:
-            try:
-                value = await fetch(path)
-            except FsError as e:
-                if e.errno not in (errno.ENOENT, errno.ENOTDIR):
-                    raise
-                value = e  # negative entries are cached too
-            self.meta.put(kind, path, value)
+            value = await self._fetch_meta(kind, path, fetch)
         if isinstance(value, FsError):
             raise FsError(value.errno or errno.EIO)
         return value
+
+    async def _fetch_meta(self, kind: str, path: bytes, fetch: Any) -> Any:
+        """Ask upstream; if it is unreachable, answer from the last known (stale) value.
+
+        Answers are also kept in the chunk store (a small record per path), so a proxy that
+        restarts while its origins are down still serves what it has cached.
+        """
+        stale = self.meta.stale(kind, path)
+        if stale is None:
+            stale = await self._load_meta(kind, path)
+        try:
+            if stale is None:
+                value = await fetch(path)
+            else:
+                value = None
+                with trio.move_on_after(self.stale_after):
+                    value = await fetch(path)
+                if value is None:
+                    raise FsError(errno.ETIMEDOUT, "upstream too slow")
+        except FsError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                value = e  # negative entries are cached too
+            elif e.errno in _HOST_ERRNOS and stale is not None:
+                self.counters["stale_served"] += 1
+                return stale
+            else:
+                raise
+        self.meta.put(kind, path, value)
+        await self._save_meta(kind, path, value)
+        return value
+
+    async def _load_meta(self, kind: str, path: bytes) -> Any:
+        raw = await self.store.get(_meta_key(kind, path))
+        if raw is None:
+            return None
+        try:
+            return _decode_meta(kind, msgpack.unpackb(raw, raw=False))
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            return None
+
+    async def _save_meta(self, kind: str, path: bytes, value: Any) -> None:
+        if self.persist_meta:
+            await self.store.put(_meta_key(kind, path), msgpack.packb(_encode_meta(kind, value)))
 
     async def stat(self, path: bytes) -> Attr:
         attr: Attr = await self._cached("stat", path, self.upstream.stat)
@@ -204,6 +286,23 @@ class CacheSource:
             self.counters["hits"] += 1
         else:
             data = await self._fetch(key, path, version, index)
+        self.counters["bytes_served"] += len(data)
+        return data
+
+    async def read_chunk_ref(self, path: bytes, version: Version, index: int) -> Any:
+        """Like :meth:`read_chunk`, but a hit in a store that can pin file regions comes back as a
+        pinned ref (``fd``, ``offset``, ``length``, ``release()``) for zero-copy sendfile."""
+        get_ref = getattr(self.store, "get_ref", None)
+        if get_ref is None:
+            return await self.read_chunk(path, version, index)
+        key = chunk_key(path, version, index)
+        self._maybe_prefetch(path, version, index)
+        ref = await get_ref(key)
+        if ref is not None:
+            self.counters["hits"] += 1
+            self.counters["bytes_served"] += ref.length
+            return ref
+        data = await self._fetch(key, path, version, index)
         self.counters["bytes_served"] += len(data)
         return data
 

@@ -28,7 +28,7 @@ class DiskStore:
         return ref
 
     async def put(self, key: bytes, data: Buf) -> None:
-        await trio.to_thread.run_sync(self.engine.put, key, data)
+        await trio.to_thread.run_sync(self.engine.put, key, memoryview(data))
 
     def stats(self) -> dict[str, Any]:
         return {"kind": "ssd", **self.engine.stats()}

@@ -121,19 +121,18 @@ class Server:
                 and index >= 0
             ):
                 raise ProtocolError("bad read arguments")
+            ver = (version[0], version[1], version[2])
             ref_fn = getattr(self.source, "read_chunk_ref", None)
-            if ref_fn is not None:
-                ref = await ref_fn(path, (version[0], version[1], version[2]), index)
-                if ref is not None:
-                    try:
-                        await ch.send_frame_file({"id": rid}, ref.fd, ref.offset, ref.length)
-                        self.counters["bytes_sent"] += ref.length
-                    finally:
-                        ref.release()
-                    return
-            data = await self.source.read_chunk(path, (version[0], version[1], version[2]), index)
-            await ch.send_frame({"id": rid}, data)
-            self.counters["bytes_sent"] += len(data)
+            res = await (ref_fn or self.source.read_chunk)(path, ver, index)
+            if isinstance(res, bytes | bytearray):
+                await ch.send_frame({"id": rid}, res)
+                self.counters["bytes_sent"] += len(res)
+                return
+            try:  # a pinned region of a cache file: zero-copy sendfile
+                await ch.send_frame_file({"id": rid}, res.fd, res.offset, res.length)
+                self.counters["bytes_sent"] += res.length
+            finally:
+                res.release()
             return
         handler: Callable[[bytes], Awaitable[Any]] | None = {
             "stat": self._stat,
