@@ -40,6 +40,10 @@ def _common(p: argparse.ArgumentParser, default_config: Path) -> None:
     p.add_argument("--debug", action="store_true", default=None, help="log debug messages")
 
 
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", help="drop root for this user after start-up")
+
+
 def _upstream_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--upstream",
@@ -69,6 +73,7 @@ def dadafsd_main(argv: list[str] | None = None) -> None:
         prog="dadafsd", description="dadafs origin daemon: serves export roots read-only"
     )
     _common(p, default)
+    _serve_flags(p)
     p.add_argument("--listen", help=f"HOST:PORT (default 0.0.0.0:{C.ORIGIN_PORT})")
     p.add_argument(
         "--export",
@@ -83,7 +88,12 @@ def dadafsd_main(argv: list[str] | None = None) -> None:
             C.OriginConfig(),
             args,
             default,
-            {"listen": args.listen, "secret_file": args.secret_file, "debug": args.debug},
+            {
+                "listen": args.listen,
+                "secret_file": args.secret_file,
+                "debug": args.debug,
+                "user": args.user,
+            },
         )
         for e in args.export:
             name, d = C.parse_export(e)
@@ -102,6 +112,7 @@ def dadafsp_main(argv: list[str] | None = None) -> None:
         prog="dadafsp", description="dadafs proxy: SSD cache in front of origins"
     )
     _common(p, default)
+    _serve_flags(p)
     _upstream_flags(p)
     p.add_argument("--listen", help=f"HOST:PORT (default 0.0.0.0:{C.PROXY_PORT})")
     p.add_argument(
@@ -125,6 +136,7 @@ def dadafsp_main(argv: list[str] | None = None) -> None:
                 "listen": args.listen,
                 "secret_file": args.secret_file,
                 "debug": args.debug,
+                "user": args.user,
                 "upstream": args.upstream,
                 "timeout": args.timeout,
                 "reset_interval": args.reset_interval,

@@ -33,13 +33,23 @@ class UpstreamOpts:
     timeout: float = 30.0  # a read fails with EIO after this long with every upstream down
     reset_interval: float = 30.0  # a failed upstream is retried after this long
     connections: int = 4
+    stall_timeout: float = 2.0  # seconds of too little progress before a connection is pinged
+    min_rate: int = 128 << 10  # bytes/s below which a waiting connection counts as stalled
+    tls_ca: str = ""  # speak TLS to upstreams, verifying them against this CA file
 
     def spec(self) -> Spec:
         return parse_spec(self.upstream)
 
 
 @dataclass
-class OriginConfig(Common):
+class ServeOpts:
+    user: str = ""  # drop root for this user after start-up
+    tls_cert: str = ""  # serve TLS only, with this certificate (PEM) ...
+    tls_key: str = ""  # ... and key
+
+
+@dataclass
+class OriginConfig(Common, ServeOpts):
     listen: str = f"0.0.0.0:{ORIGIN_PORT}"
     exports: dict[str, str] = field(default_factory=dict)
 
@@ -51,7 +61,7 @@ class CacheDir:
 
 
 @dataclass
-class ProxyConfig(Common, UpstreamOpts):
+class ProxyConfig(Common, ServeOpts, UpstreamOpts):
     listen: str = f"0.0.0.0:{PROXY_PORT}"
     cache: list[CacheDir] = field(default_factory=list)
     meta_ttl: float = 1.0
@@ -91,7 +101,7 @@ def apply(cfg: Any, table: dict[str, Any], where: str) -> None:
     for k, v in table.items():
         if k not in names:
             raise ConfigError(f"{where}: unknown key {k!r} (valid: {', '.join(sorted(names))})")
-        if k in ("ram_cache",):
+        if k in ("ram_cache", "min_rate"):
             v = parse_size(v)
         elif k == "cache":
             v = [parse_cache(c) for c in (v if isinstance(v, list) else [v])]

@@ -20,8 +20,10 @@ from .auth import load_key
 from .cache import CacheSource, ChunkStore, RamStore
 from .config import ClientConfig, OriginConfig, ProxyConfig, check_exports, check_listen
 from .local import LocalSource
+from .privileges import chown_tree, drop_privileges, resolve_user
 from .remote import RemoteSource
 from .server import Server
+from .tls import client_context, server_context
 from .util import ConfigError, sd_notify
 
 log = logging.getLogger("dadafs")
@@ -46,6 +48,9 @@ def _remote(cfg: Any, key: bytes, nursery: trio.Nursery) -> RemoteSource:
         request_timeout=cfg.request_timeout,
         timeout=cfg.timeout,
         reset_interval=cfg.reset_interval,
+        stall_timeout=cfg.stall_timeout,
+        min_rate=cfg.min_rate,
+        ssl_context=client_context(cfg.tls_ca),
     )
 
 
@@ -53,10 +58,13 @@ async def run_origin(cfg: OriginConfig) -> None:
     host, port = check_listen(cfg.listen)
     check_exports(cfg.exports)
     key = load_key(cfg.secret_file)
+    ssl_ctx = server_context(cfg.tls_cert, cfg.tls_key)
     source = LocalSource({n.encode(): Path(d) for n, d in cfg.exports.items()})
-    server = Server(source, key)
+    server = Server(source, key, ssl_context=ssl_ctx)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.listen, host, port)
+        if cfg.user:  # export roots and the port are open: root is no longer needed
+            drop_privileges(cfg.user)
         log.info("origin exports %s", ", ".join(f"{n}={d}" for n, d in sorted(cfg.exports.items())))
         sd_notify("READY=1")
         await _until_signal(nursery.cancel_scope)
@@ -67,6 +75,12 @@ async def run_proxy(cfg: ProxyConfig) -> None:
     host, port = check_listen(cfg.listen)
     cfg.spec()
     key = load_key(cfg.secret_file)
+    ssl_ctx = server_context(cfg.tls_cert, cfg.tls_key)
+    if cfg.user and os.geteuid() == 0:  # the cache directories become the user's
+        uid, gid = resolve_user(cfg.user)
+        for c in cfg.cache:
+            Path(c.dir).mkdir(parents=True, exist_ok=True)
+            chown_tree(Path(c.dir), uid, gid)
     store: ChunkStore
     if cfg.cache:
         from .diskstore import DiskStore
@@ -85,8 +99,10 @@ async def run_proxy(cfg: ProxyConfig) -> None:
         cache = CacheSource(
             remote, store, meta_ttl=cfg.meta_ttl, prefetch=cfg.prefetch, nursery=nursery
         )
-        server = Server(cache, key)
+        server = Server(cache, key, ssl_context=ssl_ctx)
         await nursery.start(server.listen, host, port)
+        if cfg.user:
+            drop_privileges(cfg.user)
         log.info("proxy for %s", remote.spec_text)
         sd_notify("READY=1")
         await _until_signal(nursery.cancel_scope)

@@ -1,14 +1,25 @@
 """The remote source: the protocol client to upstream endpoints, with failover.
 
 Each endpoint keeps a small pool of connections; a request goes to a member of the first group
-that has a live member (round-robin inside a group), and on a *host* failure (refused, reset,
-timeout, broken protocol) to the next member and then the next group. Errors of the file itself
-(an errno in the reply) never cause failover. A failed host is skipped for ``reset_interval``
-seconds, after which requests try it again (so traffic returns to the preferred group). When every
-host is down, a request keeps retrying until ``timeout`` and then fails with EIO: it never hangs.
+that has a live member (round-robin inside a group: ``a|b`` spreads load), and on a *host* failure
+to the next member and then the next group (``;``). Host failures are: connection refused, reset
+or closed (a SIGKILLed peer), connect/handshake timeout, a request unanswered for
+``request_timeout``, a connection that stalls (see below), a broken protocol. An ``EIO`` reply
+(the upstream's own upstreams are down, or its disk failed) also moves the request on to the next
+upstream, but does not mark the host down. Errors of the file itself (ENOENT, EACCES, ... in the
+reply) never cause failover. A failed host is skipped for ``reset_interval`` seconds, after which
+requests try it again (so traffic returns to the preferred group). When every host is down, a
+request keeps retrying until ``timeout`` after it began and then fails with EIO: it never hangs.
 
-Concurrency: every connection has one reader task (in the nursery given to :class:`RemoteSource`)
-that routes replies to waiting requests by id; requests send under the channel's send lock.
+Stall detection: while requests wait on a connection, a watchdog looks every ``stall_timeout``
+seconds at how many bytes arrived; below ``min_rate`` bytes/s it sends a ``ping``. A peer that is
+only slow to answer (its own upstream is slow) answers the ping at once; a dead link, a hung peer
+or a transfer crawling below the rate does not, and the connection fails as a host failure.
+
+Concurrency: every connection has one reader task and one watchdog task (in the nursery given to
+:class:`RemoteSource`) that route replies to waiting requests by id; requests send under the
+channel's send lock. A request abandoned by its caller (cancelled) leaves its id behind; its late
+reply is read and dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,16 +60,19 @@ class _Conn:
         self.ch = ch
         self.name = name
         self.pending: dict[int, _Reply] = {}
-        self.ids = itertools.count(1)
+        self.next_id = 1
         self.dead: BaseException | None = None
 
     async def reader(self) -> None:
         try:
             while True:
                 header, payload = await self.ch.recv_frame()
-                rep = self.pending.pop(header.get("id", -1), None)
+                rid = header.get("id", -1)
+                rep = self.pending.pop(rid, None)
                 if rep is None:
-                    raise ProtocolError(f"reply to unknown request {header.get('id')!r}")
+                    if isinstance(rid, int) and 0 < rid < self.next_id:
+                        continue  # the reply to a request its caller abandoned
+                    raise ProtocolError(f"reply to unknown request {rid!r}")
                 rep.header, rep.payload = header, payload
                 rep.event.set()
         except (
@@ -68,6 +83,37 @@ class _Conn:
             trio.ClosedResourceError,
         ) as e:
             self.fail(e)
+
+    async def watchdog(self, window: float, min_rate: float) -> None:
+        """Fail the connection when requests wait and neither data nor a ping reply arrive."""
+        last = self.ch.received
+        while self.dead is None:
+            await trio.sleep(window)
+            got, last = self.ch.received - last, self.ch.received
+            if not self.pending or got >= min_rate * window:
+                continue
+            ping = _Reply()
+            rid = self._new_id()
+            self.pending[rid] = ping
+            with trio.move_on_after(window):
+                try:
+                    await self.ch.send_frame({"id": rid, "op": "ping"})
+                    await ping.event.wait()
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                    self.fail(e)
+                    return
+            self.pending.pop(rid, None)
+            if not ping.event.is_set():
+                self.fail(
+                    HostError(f"stalled: {got} bytes in {window:g} s and no answer to a ping")
+                )
+                return
+            last = self.ch.received
+
+    def _new_id(self) -> int:
+        rid = self.next_id
+        self.next_id += 1
+        return rid
 
     def fail(self, exc: BaseException) -> None:
         if self.dead is None:
@@ -81,7 +127,7 @@ class _Conn:
     async def call(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
         if self.dead is not None:
             raise HostError(f"{self.name}: {self.dead}")
-        rid = next(self.ids)
+        rid = self._new_id()
         header["id"] = rid
         rep = _Reply()
         self.pending[rid] = rep
@@ -129,28 +175,43 @@ class RemoteSource:
         request_timeout: float = 10.0,
         timeout: float = 30.0,
         reset_interval: float = 30.0,
+        stall_timeout: float = 2.0,
+        min_rate: float = 128 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.spec_text = format_spec(spec)
         self.groups = [[_Endpoint(h, p, pool) for h, p in g] for g in spec]
+        self._group_rr = [itertools.count() for _ in self.groups]
         self.key = key
         self.nursery = nursery
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.timeout = timeout
         self.reset_interval = reset_interval
+        self.stall_timeout = stall_timeout
+        self.min_rate = min_rate
+        self.ssl_context = ssl_context
+        self.counters = {"failovers": 0, "eio_timeouts": 0}
 
     async def _connect(self, ep: _Endpoint) -> _Conn:
         with trio.fail_after(self.connect_timeout):
             stream = await trio.open_tcp_stream(ep.host, ep.port)
             sock = stream.socket
-            ch = Channel(sock, max_header=MAX_REPLY_HEADER, max_payload=MAX_REPLY_PAYLOAD)
             try:
+                tls = None
+                if self.ssl_context is not None:
+                    tls = trio.SSLStream(stream, self.ssl_context, server_hostname=ep.host)
+                    await tls.do_handshake()
+                ch = Channel(
+                    sock, max_header=MAX_REPLY_HEADER, max_payload=MAX_REPLY_PAYLOAD, tls=tls
+                )
                 await client_handshake(ch, self.key)
             except BaseException:
                 sock.close()
                 raise
         conn = _Conn(ch, ep.name)
         self.nursery.start_soon(conn.reader)
+        self.nursery.start_soon(conn.watchdog, self.stall_timeout, self.min_rate)
         return conn
 
     async def _conn_for(self, ep: _Endpoint) -> _Conn:
@@ -163,22 +224,35 @@ class RemoteSource:
         return ep.conns[next(ep.rr) % len(ep.conns)]
 
     def _candidates(self) -> list[_Endpoint]:
+        """Endpoints not marked down: groups in failover order, each rotated (load spreading)."""
         now = trio.current_time()
         out: list[_Endpoint] = []
-        for g in self.groups:
-            start = next(g[0].rr) if len(g) > 1 else 0
-            out += [
-                g[(start + i) % len(g)]
-                for i in range(len(g))
-                if g[(start + i) % len(g)].down_until <= now
-            ]
+        for g, rr in zip(self.groups, self._group_rr, strict=True):
+            start = next(rr) % len(g)
+            out += [ep for ep in g[start:] + g[:start] if ep.down_until <= now]
         return out
+
+    def _mark_down(self, ep: _Endpoint, e: BaseException) -> None:
+        ep.counters["failures"] += 1
+        ep.last_error = str(e) or type(e).__name__
+        ep.down_until = trio.current_time() + self.reset_interval
+        for c in ep.conns:
+            c.fail(e)
+        ep.conns.clear()
+        self.counters["failovers"] += 1
+        log.warning("upstream %s failed (%s); trying the next one", ep.name, ep.last_error)
 
     async def call(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
         """Send a request to the first healthy upstream; raise FsError for a file error."""
-        deadline = trio.current_time() + self.timeout
+        with trio.move_on_after(self.timeout):
+            return await self._call(header)
+        self.counters["eio_timeouts"] += 1
+        raise FsError(errno.EIO, f"no upstream of {self.spec_text} answered in {self.timeout:g} s")
+
+    async def _call(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
         delay = 0.05
         while True:
+            eio = False
             for ep in self._candidates():
                 try:
                     with trio.fail_after(self.request_timeout):
@@ -186,29 +260,26 @@ class RemoteSource:
                         ep.counters["requests"] += 1
                         reply, payload = await conn.call(dict(header))
                 except (HostError, OSError, ProtocolError, trio.TooSlowError) as e:
-                    ep.counters["failures"] += 1
-                    ep.last_error = str(e) or type(e).__name__
-                    ep.down_until = trio.current_time() + self.reset_interval
-                    for c in ep.conns:
-                        c.fail(e)
-                    ep.conns.clear()
-                    log.warning(
-                        "upstream %s failed (%s); trying the next one", ep.name, ep.last_error
-                    )
+                    self._mark_down(ep, e)
                     continue
                 if "e" in reply:
-                    raise FsError(int(reply["e"]))
+                    err = int(reply["e"]) if isinstance(reply["e"], int) else errno.EPROTO
+                    if err == errno.EIO:  # its upstreams or its disk failed: ask the next one
+                        ep.last_error = "replied EIO"
+                        eio = True
+                        continue
+                    raise FsError(err)
                 if payload is not None:
                     ep.counters["bytes"] += len(payload)
                 return reply, payload
-            now = trio.current_time()
-            if now >= deadline:
-                raise FsError(errno.EIO, f"no upstream of {self.spec_text} answered")
+            if eio:
+                raise FsError(errno.EIO)
             # Every host is marked down: probe them again soon rather than waiting out the reset.
+            now = trio.current_time()
             for g in self.groups:
                 for ep in g:
                     ep.down_until = min(ep.down_until, now + delay)
-            await trio.sleep(min(delay, deadline - now))
+            await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
     # -- the Source interface ----------------------------------------------------------------
@@ -257,6 +328,7 @@ class RemoteSource:
         return {
             "kind": "remote",
             "spec": self.spec_text,
+            **self.counters,
             "upstream_bytes": sum(u["bytes"] for u in ups),
             "upstreams": ups,
         }

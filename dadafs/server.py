@@ -5,6 +5,12 @@ One task per connection reads requests; each request runs in its own task (at mo
 peer). Replies are sent under the channel's send lock, in completion order. A peer that breaks
 the protocol (garbage, an oversized frame, a failed handshake) loses its connection; nothing it
 sends can affect other connections.
+
+Limits that bound a daemon's memory whatever peers send: a request header is at most
+``MAX_REQUEST_HEADER`` bytes and carries no payload; ``max_inflight`` requests per connection;
+``max_connections`` connections (more are closed at once); an unauthenticated peer is dropped
+after the handshake timeout. A request whose arguments are malformed gets EINVAL; an unexpected
+exception while serving one request is logged and answered with EIO, never taking the daemon down.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-from .protocol import AuthError, Channel, ProtocolError, server_handshake
+from .protocol import HANDSHAKE_TIMEOUT, AuthError, Channel, ProtocolError, server_handshake
 from .source import FsError, Source
 from .util import ConfigError
 
@@ -26,14 +33,29 @@ log = logging.getLogger("dadafs.server")
 
 MAX_REQUEST_HEADER = 64 * 1024
 MAX_INFLIGHT = 128
+MAX_CONNECTIONS = 1024
+_MAX_VERSION_FIELD = 1 << 63
+_MAX_INDEX = 1 << 40
 
 
 class Server:
-    def __init__(self, source: Source, key: bytes, *, max_inflight: int = MAX_INFLIGHT) -> None:
+    def __init__(
+        self,
+        source: Source,
+        key: bytes,
+        *,
+        max_inflight: int = MAX_INFLIGHT,
+        max_connections: int = MAX_CONNECTIONS,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.source = source
         self.key = key
         self.max_inflight = max_inflight
+        self.max_connections = max_connections
+        self.ssl_context = ssl_context
         self.counters = {
+            "internal_errors": 0,
+            "refused_connections": 0,
             "connections": 0,
             "connections_open": 0,
             "requests": 0,
@@ -59,20 +81,30 @@ class Server:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
+        if self.counters["connections_open"] >= self.max_connections:
+            self.counters["refused_connections"] += 1
+            sock.close()
+            return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ch = Channel(sock, max_header=MAX_REQUEST_HEADER, max_payload=0)
+        tls = None
+        if self.ssl_context is not None:
+            tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
+        ch = Channel(sock, max_header=MAX_REQUEST_HEADER, max_payload=0, tls=tls)
         self.counters["connections"] += 1
         self.counters["connections_open"] += 1
         try:
             try:
+                if tls is not None:
+                    with trio.fail_after(HANDSHAKE_TIMEOUT):
+                        await tls.do_handshake()
                 await server_handshake(ch, self.key)
             except AuthError as e:
                 self.counters["auth_failures"] += 1
                 log.warning("refused %s: %s", ch.peer, e)
                 return
-            except (ProtocolError, trio.TooSlowError) as e:
+            except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError) as e:
                 self.counters["protocol_errors"] += 1
-                log.warning("dropped %s during handshake: %s", ch.peer, e)
+                log.warning("dropped %s during handshake: %s", ch.peer, e or type(e).__name__)
                 return
             log.debug("peer %s authenticated", ch.peer)
             limit = trio.Semaphore(self.max_inflight)
@@ -88,8 +120,11 @@ class Server:
                 except (EOFError, OSError, trio.BrokenResourceError):
                     pass
                 nursery.cancel_scope.cancel()
-        except (EOFError, OSError, trio.BrokenResourceError):
+        except (EOFError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:  # a bug must cost this connection only, never the daemon
+            self.counters["internal_errors"] += 1
+            log.exception("internal error serving %s", ch.peer)
         finally:
             self.counters["connections_open"] -= 1
             ch.close()
@@ -105,6 +140,12 @@ class Server:
             except (ProtocolError, TypeError, ValueError, KeyError) as e:
                 log.warning("bad request from %s: %s", ch.peer, e)
                 await ch.send_frame({"id": rid, "e": errno.EINVAL})
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                raise
+            except Exception:
+                self.counters["internal_errors"] += 1
+                log.exception("internal error in a request from %s", ch.peer)
+                await ch.send_frame({"id": rid, "e": errno.EIO})
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             ch.close()  # the reader notices and ends the connection
         finally:
@@ -117,8 +158,12 @@ class Server:
             if not (
                 isinstance(version, list)
                 and len(version) == 3
-                and isinstance(index, int)
-                and index >= 0
+                and all(
+                    type(v) is int and -_MAX_VERSION_FIELD <= v < _MAX_VERSION_FIELD
+                    for v in version
+                )
+                and type(index) is int
+                and 0 <= index < _MAX_INDEX
             ):
                 raise ProtocolError("bad read arguments")
             ver = (version[0], version[1], version[2])
@@ -142,6 +187,8 @@ class Server:
         }.get(op)  # type: ignore[arg-type]
         if handler is not None:
             await ch.send_frame({"id": rid, "r": await handler(_path(h))})
+        elif op == "ping":  # the client's stall detection: answered at once
+            await ch.send_frame({"id": rid, "r": True})
         elif op == "stats":
             await ch.send_frame({"id": rid, "r": self.stats()})
         else:
