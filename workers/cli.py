@@ -3,6 +3,10 @@
     dada stxm SPEC --horz H --vert V [--algo A] [--signal S] [pre-processing] [--polarroi ...]
               [--radial ...] [--gridroi ...] --format tiff_raw|json|ascii|png -o FILE
     dada show SPEC [--frame N] [--stack N,op] [--multi C,R] [pre-processing] [--format F] -o FILE
+    dada stxm SPEC... --grid COLSxROWS ...     a super-grid of scans stitched into one map
+    dada stxm ... --scheduler tcp://HOST:PORT  on a Dask cluster (else here, or a local cluster)
+    dada scheduler [--port 8786] [--dashboard-port 8787]
+    dada worker --scheduler tcp://HOST:PORT [--nthreads N]
 
 SPEC is a path (Eiger master file, multi-page TIFF, folder of frame files) or a dada URL
 ``stxm/INSTRUMENT/RUN/DETECTOR/SAMPLE/SCAN/FIRST?algo=...&horz=...``; URL parameters and flags
@@ -14,11 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from workers.formats import FormatError
 from workers.output import FORMATS, PALETTES, SCALES
-from workers.request import ALGO_SIGNALS, RADIAL_UNITS, STACK_OPS, BadParameter, parse_request
+from workers.request import ALGO_SIGNALS, RADIAL_UNITS, STACK_OPS, BadParameter
+
+if TYPE_CHECKING:
+    from workers.resultcache import ResultCache
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     top = _Parser(prog="dada", description="dada: STXM analysis of X-ray detector scans")
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("stxm", help="compute STXM maps of a scan")
-    s.add_argument("spec", help="scan path or dada URL (with optional ?params)")
+    s.add_argument(
+        "spec",
+        nargs="+",
+        help="scan path, glob or dada URL (with optional ?params); several "
+        "with --grid; {A..B} ranges expand",
+    )
+    s.add_argument("--grid", help="COLSxROWS: stitch the scans row by row into one map")
     s.add_argument("--horz", help="scan points per line")
     s.add_argument("--vert", help="scan lines")
     s.add_argument("--first", help="index of the scan's first frame (default 0)")
@@ -67,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     _preprocessing(s)
+    _distribution(s)
     _output(s, None, "lin")
     w = sub.add_parser("show", help="render a frame, a stack operation or a grid of frames")
     w.add_argument("spec", help="scan path or dada URL")
@@ -74,7 +88,38 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--multi", help="C,R: a grid of C x R consecutive frames")
     _preprocessing(w)
     _output(w, "png", "log")
+    d = sub.add_parser("scheduler", help="run the Dask scheduler (foreground, logs to stderr)")
+    d.add_argument("--host", default="", help="address to listen on (default: all)")
+    d.add_argument("--port", type=int, default=8786)
+    d.add_argument("--dashboard-port", type=int, default=8787, help="0: no dashboard")
+    k = sub.add_parser("worker", help="run a Dask worker with the analysis code (foreground)")
+    k.add_argument("--scheduler", required=True, help="tcp://HOST:PORT")
+    k.add_argument("--nthreads", type=int, default=os.cpu_count() or 1)
+    k.add_argument("--name", help="worker name (default: its address)")
+    k.add_argument("--host", default="", help="address to listen on (default: all)")
     return top
+
+
+def _distribution(p: argparse.ArgumentParser) -> None:
+    from workers.resultcache import DEFAULT_DIR
+
+    g = p.add_argument_group("distribution and result cache")
+    g.add_argument("--scheduler", help="tcp://HOST:PORT of a dada scheduler (Dask)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        help="without --scheduler: N local worker processes (0: this process; default: "
+        "this process for small jobs)",
+    )
+    g.add_argument("--lines-per-task", type=int, default=1, help="scan lines per task")
+    g.add_argument(
+        "--result-cache",
+        help=f"result cache directory (default $DADA_RESULT_CACHE, else {DEFAULT_DIR} if it "
+        "exists)",
+    )
+    g.add_argument("--result-cache-size", default="10G", help="bound in bytes (K/M/G/T)")
+    g.add_argument("--no-result-cache", action="store_true", help="neither read nor write it")
+    g.add_argument("-v", "--verbose", action="store_true", help="a summary line on stderr")
 
 
 _REQUEST_FLAGS = [
@@ -112,33 +157,71 @@ def _png(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _cache(args: argparse.Namespace) -> ResultCache | None:
+    from workers.resultcache import DEFAULT_DIR, ResultCache, parse_size
+
+    if args.no_result_cache:
+        return None
+    size = parse_size(args.result_cache_size)
+    where = args.result_cache or os.environ.get("DADA_RESULT_CACHE")
+    if where is None:
+        if not os.path.isdir(DEFAULT_DIR) or not os.access(DEFAULT_DIR, os.W_OK):
+            return None
+        where = DEFAULT_DIR
+    return ResultCache(where, size)
+
+
 def _stxm(args: argparse.Namespace) -> None:
-    from workers import engine, output
+    from workers import output
+    from workers.cluster import backend_for
+    from workers.jobs import JobReport, run_job
+    from workers.supergrid import make_grid
 
     params = _params(args)
-    request = parse_request(args.spec, params)
-    if args.format != "json" and "signal" not in params and "signal=" not in args.spec:
-        request = request.with_params(signal=request.signals[0])
-    if args.format != "json" and len(request.signals) != 1:
+    grid = make_grid(args.spec, params, args.grid)
+    if (
+        args.format != "json"
+        and "signal" not in params
+        and all("signal=" not in s for s in args.spec)
+    ):
+        grid = make_grid(args.spec, {**params, "signal": grid.signals[0]}, args.grid)
+    if args.format != "json" and len(grid.signals) != 1:
         raise BadParameter(
-            f"format {args.format} writes one signal, got {','.join(request.signals)}; "
+            f"format {args.format} writes one signal, got {','.join(grid.signals)}; "
             "use --format json for several"
         )
+    if args.lines_per_task < 1:
+        raise BadParameter(f"bad lines-per-task={args.lines_per_task}: an integer >= 1")
+    cache = _cache(args)
     show = args.progress if args.progress is not None else None
     bar: Any = None
     if show is not False:
         from tqdm import tqdm
 
         bar = tqdm(
-            total=request.horz * request.vert, unit="pt", disable=None if show is None else False
+            total=len(grid.tiles) * grid.tiles[0].horz * grid.tiles[0].vert,
+            unit="pt",
+            disable=None if show is None else False,
         )
+    report = JobReport()
+    frames = sum(t.nframes for t in grid.tiles)
     try:
-        result = engine.run(request, threads=args.threads, progress=bar.update if bar else None)
+        with backend_for(args.scheduler, args.workers, args.threads, frames) as backend:
+            result = run_job(
+                grid,
+                backend,
+                cache,
+                lines_per_task=args.lines_per_task,
+                progress=bar.update if bar else None,
+                report=report,
+            )
     finally:
         if bar is not None:
             bar.close()
+    if args.verbose:
+        print(f"dada stxm: {report.line()}", file=sys.stderr)
     output.write(
-        result, list(request.signals), args.format, args.output, plane=args.plane, **_png(args)
+        result, list(grid.signals), args.format, args.output, plane=args.plane, **_png(args)
     )
 
 
@@ -164,8 +247,19 @@ def _show(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "scheduler":
+        from workers.cluster import scheduler_main
+
+        raise SystemExit(scheduler_main(args.host, args.port, args.dashboard_port))
+    if args.command == "worker":
+        from workers.cluster import worker_main
+
+        raise SystemExit(worker_main(args.scheduler, args.nthreads, args.name, args.host))
     try:
         {"stxm": _stxm, "show": _show}[args.command](args)
     except (BadParameter, FormatError, OSError) as e:
         print(f"dada {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"dada {args.command}: cancelled", file=sys.stderr)
+        raise SystemExit(130) from None
