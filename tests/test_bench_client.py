@@ -25,13 +25,14 @@ import pytest
 from tests import benchlib
 from tests.harness import baselines, tiers
 from tests.harness.netns import Topology
-from tests.harness.procs import Procs, free_port, netns_argv, wait_listening
+from tests.harness.procs import Procs, cpu_seconds, free_port, netns_argv, wait_listening
 from tests.harness.stack import (
     REPEATS,
     SCALE,
     Stack,
     fmt_runs,
     gbps,
+    machine_note,
     make_file,
     med,
     scaled,
@@ -99,11 +100,21 @@ def test_hot_read_vs_nfs_sshfs_page_cache(tmp_path: Path, stack: Stack, procs: P
     baselines.mount_sshfs(procs, ssh, stack.data, sshfs)
     assert baselines.hash_file(sshfs / "big.bin") == digest
 
-    t: dict[str, list[float]] = {k: [] for k in ("dadafs", "nfs", "sshfs", "page cache")}
+    kinds = ("dadafs", "dadafs --direct-io", "nfs", "sshfs", "page cache")
+    t: dict[str, list[float]] = {k: [] for k in kinds}
+    note = machine_note()
+    proxy = procs.get("proxy")
+    cpu_client, cpu_proxy = [], []
     for i in range(REPEATS):  # interleaved, so load from others hits every path alike
         mp, proc = stack.mount(f"hot{i}")
+        c0, p0 = cpu_seconds(proc.pid), cpu_seconds(proxy.pid)
         t["dadafs"].append(read_checked(mp / "big.bin", size))
+        cpu_client.append((cpu_seconds(proc.pid) - c0) / (size / 1e9))
+        cpu_proxy.append((cpu_seconds(proxy.pid) - p0) / (size / 1e9))
         assert baselines.hash_file(mp / "big.bin") == digest
+        stack.unmount(proc)
+        mp, proc = stack.mount(f"hotdio{i}", extra=("--direct-io",))
+        t["dadafs --direct-io"].append(read_checked(mp / "big.bin", size))
         stack.unmount(proc)
         t["nfs"].append(baselines.nfs_cat(nfs, "big.bin"))
         t["sshfs"].append(read_checked(sshfs / "big.bin", size))
@@ -116,10 +127,15 @@ def test_hot_read_vs_nfs_sshfs_page_cache(tmp_path: Path, stack: Stack, procs: P
     ]
     ratio_nfs, ratio_sshfs = m["dadafs"] / m["nfs"], m["dadafs"] / m["sshfs"]
     body = (
+        f"{note} "
         f"One reader, 1 MiB `read`s of a {size / 2**20:.0f} MiB random file, loopback. dadafs: "
-        "data hot in the proxy's cache, a fresh client mount per run (client cold). NFS: "
+        "data hot in the proxy's cache, a fresh client mount per run (client cold); by default "
+        "through the page cache with the mount's `read_ahead_kb` raised, `--direct-io` sends the "
+        "kernel's 1 MiB requests straight to the client. NFS: "
         "nfs-ganesha 4.3 (VFS FSAL, NFSv4) read with libnfs `nfs-cat` to /dev/null. sshfs: "
-        "sshfs 3.7 to a private sshd on loopback. Page cache: the origin's file read twice.\n\n"
+        "sshfs 3.7 to a private sshd on loopback. Page cache: the origin's file read twice. "
+        "CPU per GB read through dadafs (default mode, median): client "
+        f"{med(cpu_client):.2f} s, proxy {med(cpu_proxy):.2f} s.\n\n"
         + benchlib.table(["path", "GB/s (median)", "runs", "dadafs / this"], rows)
         + "\n"
         + benchlib.table(
@@ -166,6 +182,7 @@ def test_one_client_on_shaped_1gbit_link(tmp_path: Path) -> None:
         tcp_frac = 8 * (256 << 20) / tcp / rate_bit
 
         secs = []
+        note = machine_note()
         for i in range(REPEATS):
             mp, proc = stack.mount(f"c{i}", netns=cli)
             secs.append(read_checked(mp / "big.bin", size))
@@ -173,6 +190,7 @@ def test_one_client_on_shaped_1gbit_link(tmp_path: Path) -> None:
             stack.unmount(proc)
     frac = [8 * size / s / rate_bit for s in secs]
     body = (
+        f"{note} "
         f"Proxy (data hot) and origin in one namespace, the client in another, joined by a veth "
         f"pair shaped with `tc tbf` to 1 Gbit/s in both directions (MTU 1500). One reader of a "
         f"{size / 2**20:.0f} MiB file through a fresh mount per run. Plain TCP (one stream, "
@@ -227,6 +245,7 @@ def test_cold_read_through_proxy_and_origin_with_1ms_rtt(tmp_path: Path, procs: 
     )
     wait_listening(relay, relay_port)
     cold, hot = [], []
+    note = machine_note()
     for i in range(REPEATS):
         proxy = tiers.start_proxy(
             procs, key, f"127.0.0.1:{relay_port}", tmp_path / f"cache{i}", name=f"proxy{i}"
@@ -243,6 +262,7 @@ def test_cold_read_through_proxy_and_origin_with_1ms_rtt(tmp_path: Path, procs: 
         shutil.rmtree(tmp_path / f"cache{i}")
     c, h = med([gbps(size, s) for s in cold]), med([gbps(size, s) for s in hot])
     body = (
+        f"{note} "
         "Client → proxy on loopback; proxy → origin through the delaying relay "
         "(`tests/harness/relay.py`, 0.5 ms each way = 1 ms added round trip). Cold: a fresh "
         "proxy with an empty cache and a fresh mount (the origin's file is in its page cache); "
@@ -278,6 +298,7 @@ def test_many_cbf_sized_files_vs_large_file(stack: Stack) -> None:
     files["big.bin"] = make_file(stack.data / "big.bin", big, seed=4)
     warm_proxy(stack, files)
     t_big, t_small = [], []
+    note = machine_note()
     for i in range(REPEATS):
         mp, proc = stack.mount(f"big{i}")
         t_big.append(read_checked(mp / "big.bin", big))
@@ -292,6 +313,7 @@ def test_many_cbf_sized_files_vs_large_file(stack: Stack) -> None:
         stack.unmount(proc)
     b, s = med([gbps(big, x) for x in t_big]), med([gbps(big, x) for x in t_small])
     body = (
+        f"{note} "
         f"{nfiles} files of 2.5 MB (the size of a Pilatus CBF frame; random bytes) read one after "
         f"the other by one reader, against one {big / 1e9:.1f} GB file; data hot in the proxy, "
         "a fresh mount per run.\n\n"
@@ -334,6 +356,7 @@ def test_ls_l_of_10000_entries(tmp_path: Path, stack: Stack, procs: Procs) -> No
     for i in range(n):
         (d / f"img_{i:05d}.cbf").write_bytes(b"x" * (i % 97))
     cold_all, cold_client, warm, local = [], [], [], []
+    note = machine_note()
     for i in range(REPEATS):
         # Everything cold: a new proxy with an empty cache, a new mount.
         proxy = tiers.start_proxy(
@@ -358,6 +381,7 @@ def test_ls_l_of_10000_entries(tmp_path: Path, stack: Stack, procs: Procs) -> No
         ["local directory (reference)", f"{med(local):.3f}", fmt_runs(local, 3), "", ""],
     ]  # fmt: skip
     body = (
+        f"{note} "
         f"`ls -l` (LC_ALL=C, output captured) of a directory of {n} files through a mount; "
         "wall time of the whole command. The mounts use `--meta-ttl 60`, so the warm listing "
         "(run right after the cold one) finds every entry still valid.\n\n"

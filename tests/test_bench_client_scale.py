@@ -19,8 +19,17 @@ import pytest
 from tests import benchlib
 from tests.harness import baselines
 from tests.harness.netns import Topology
-from tests.harness.procs import Procs
-from tests.harness.stack import REPEATS, SCALE, Stack, fmt_runs, make_file, med, scaled
+from tests.harness.procs import Procs, cpu_seconds
+from tests.harness.stack import (
+    REPEATS,
+    SCALE,
+    Stack,
+    fmt_runs,
+    machine_note,
+    make_file,
+    med,
+    scaled,
+)
 
 pytestmark = [
     pytest.mark.bench,
@@ -82,6 +91,9 @@ def test_24_clients_behind_a_2gbit_proxy_uplink(tmp_path: Path) -> None:
         stack.unmount(proc)
 
         aggregate, fairness, per_client = [], [], []
+        cpu_proxy, cpu_clients = [], []
+        proxy_pid = procs.get("proxy").pid
+        note = machine_note()
         for r in range(REPEATS):
             mounts = [stack.mount(f"r{r}c{i}", netns=ns)[0] for i, ns in enumerate(clients)]
             spans: list[tuple[float, float]] = [(0.0, 0.0)] * CLIENTS
@@ -101,10 +113,15 @@ def test_24_clients_behind_a_2gbit_proxy_uplink(tmp_path: Path) -> None:
                 spans[i] = (t0, time.perf_counter())
 
             threads = [threading.Thread(target=reader, args=(i,)) for i in range(CLIENTS)]
+            pids = [procs.get(f"mount-r{r}c{i}").pid for i in range(CLIENTS)]
+            p0, c0 = cpu_seconds(proxy_pid), sum(cpu_seconds(p) for p in pids)
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+            gb = size * CLIENTS / 1e9
+            cpu_proxy.append((cpu_seconds(proxy_pid) - p0) / gb)
+            cpu_clients.append((sum(cpu_seconds(p) for p in pids) - c0) / gb)
             assert not errors, errors
             for i, m in enumerate(mounts):
                 assert (
@@ -120,6 +137,7 @@ def test_24_clients_behind_a_2gbit_proxy_uplink(tmp_path: Path) -> None:
             per_client += rates
     agg, fair = med(aggregate), med(fairness)
     body = (
+        f"{note} "
         f"{CLIENTS} client namespaces, each with its own `dadafs mount` and a 100 Mbit/s link "
         "(tbf, both directions) to a router namespace; the proxy (data hot) and origin in another "
         "namespace whose link to the router is shaped to 2 Gbit/s. All readers start together, "
@@ -127,12 +145,13 @@ def test_24_clients_behind_a_2gbit_proxy_uplink(tmp_path: Path) -> None:
         f"first start) as a fraction of the bottleneck, {bottleneck / 1e9:g} Gbit/s (the uplink, or "
         "the sum of the access links if fewer clients); fairness = slowest / fastest client "
         f"rate. Per-client rates over all runs: {min(per_client) / 1e6:.0f}–"
-        f"{max(per_client) / 1e6:.0f} Mbit/s.\n\n"
+        f"{max(per_client) / 1e6:.0f} Mbit/s. CPU per GB delivered (median): proxy "
+        f"{med(cpu_proxy):.2f} s, all clients together {med(cpu_clients):.2f} s.\n\n"
         + benchlib.table(
             ["measure", "median", "runs", "target", ""],
             [
                 [
-                    "aggregate / uplink",
+                    "aggregate / bottleneck",
                     f"{agg:.1%}",
                     fmt_runs([a * 100 for a in aggregate], 1) + " %",
                     "≥ 95 %",
@@ -168,6 +187,7 @@ def test_client_rss_stays_under_its_ram_bound(tmp_path: Path, procs: Procs) -> N
     assert baselines.hash_file(mp / "ten.bin") == digest
     stack.unmount(proc)
     rows: list[list[object]] = []
+    note = machine_note()
     for r in range(REPEATS):
         mp, proc = stack.mount(f"rss{r}", ram_cache=str(bound))
         idle = rss(proc.pid)
@@ -193,6 +213,7 @@ def test_client_rss_stays_under_its_ram_bound(tmp_path: Path, procs: Procs) -> N
         rows.append([r + 1, f"{idle / 2**20:.0f}", f"{peak[0] / 2**20:.0f}", f"{grown / 2**20:.0f}",
                      met(grown <= bound + overhead)])  # fmt: skip
     body = (
+        f"{note} "
         f"`dadafs mount --ram-cache {bound // 2**20}M` reading a {size / 2**20:.0f} MiB file (10x the "
         "bound) twice; VmRSS of the client process sampled every 20 ms. Target: growth over the "
         f"idle process ≤ bound + {overhead // 2**20} MiB ({(bound + overhead) // 2**20} MiB).\n\n"

@@ -112,3 +112,9 @@ class Stack:
 
     def unmount(self, proc: Proc) -> None:
         self.procs.stop(proc, timeout=10)
+
+
+def machine_note() -> str:
+    """One line on the machine's state, since other work shares its cores during a run."""
+    load = os.getloadavg()[0]
+    return f"{os.cpu_count()} CPU cores, load average {load:.1f} when the measurement began."
