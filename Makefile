@@ -52,3 +52,20 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) $(APT_STAMP) $(VENV_STAMP) build *.egg-info
+
+# ---- Provisioning (ansible/, pxe/, systemd/) ------------------------------------------------
+# Collections come from the `ansible` package on PyPI (Galaxy is not needed).
+ANSIBLE_COLLECTIONS := ansible/collections/ansible_collections/community/general/MANIFEST.json
+.PHONY: ansible-collections ansible-lint test-provisioning-slow
+
+$(ANSIBLE_COLLECTIONS): ansible/install-collections.sh ansible/requirements.yml $(VENV_STAMP)
+	ansible/install-collections.sh $(VENV)/bin/pip
+
+ansible-collections: $(ANSIBLE_COLLECTIONS)
+
+ansible-lint: ansible-collections
+	cd ansible && ../$(VENV)/bin/ansible-lint --profile production
+
+# The slow provisioning tests alone (also part of `make test-slow`).
+test-provisioning-slow: setup ansible-collections
+	$(PY) -m pytest -m slow tests/test_provisioning_slow.py $(PYTEST_OPTS)
