@@ -244,7 +244,7 @@ class CacheSource:
         return value
 
     async def _load_meta(self, kind: str, path: bytes) -> Any:
-        raw = await self.store.get(_meta_key(kind, path))
+        raw = await self._store_get(_meta_key(kind, path))
         if raw is None:
             return None
         try:
@@ -254,7 +254,7 @@ class CacheSource:
 
     async def _save_meta(self, kind: str, path: bytes, value: Any) -> None:
         if self.persist_meta:
-            await self.store.put(_meta_key(kind, path), msgpack.packb(_encode_meta(kind, value)))
+            await self._store_put(_meta_key(kind, path), msgpack.packb(_encode_meta(kind, value)))
 
     async def stat(self, path: bytes) -> Attr:
         attr: Attr = await self._cached("stat", path, self.upstream.stat)
@@ -278,10 +278,26 @@ class CacheSource:
     def invalidate(self, path: bytes) -> None:
         self.meta.forget(path)
 
+    async def _store_get(self, key: bytes) -> Buf | None:
+        """A store failure (a bug, a dying disk) is a miss, never a failed read."""
+        try:
+            return await self.store.get(key)
+        except Exception:
+            self.counters["store_errors"] += 1
+            log.exception("chunk store lookup failed; treating it as a miss")
+            return None
+
+    async def _store_put(self, key: bytes, data: Buf) -> None:
+        try:
+            await self.store.put(key, data)
+        except Exception:
+            self.counters["store_errors"] += 1
+            log.exception("chunk store write failed; the chunk is served uncached")
+
     async def read_chunk(self, path: bytes, version: Version, index: int) -> Buf:
         key = chunk_key(path, version, index)
         self._maybe_prefetch(path, version, index)
-        data = await self.store.get(key)
+        data = await self._store_get(key)
         if data is not None:
             self.counters["hits"] += 1
         else:
@@ -297,7 +313,12 @@ class CacheSource:
             return await self.read_chunk(path, version, index)
         key = chunk_key(path, version, index)
         self._maybe_prefetch(path, version, index)
-        ref = await get_ref(key)
+        try:
+            ref = await get_ref(key)
+        except Exception:
+            self.counters["store_errors"] += 1
+            log.exception("chunk store lookup failed; treating it as a miss")
+            ref = None
         if ref is not None:
             self.counters["hits"] += 1
             self.counters["bytes_served"] += ref.length
@@ -319,7 +340,7 @@ class CacheSource:
         self.counters["misses"] += 1
         try:
             data = await self.upstream.read_chunk(path, version, index)
-            await self.store.put(key, data)
+            await self._store_put(key, data)
             fl.data = data
             return data
         except FsError as e:
@@ -355,12 +376,12 @@ class CacheSource:
     async def prefetch(self, path: bytes, version: Version, index: int) -> None:
         """Bring a chunk into the cache (for readahead); errors are left to the real read."""
         key = chunk_key(path, version, index)
-        if key in self._inflight or await self.store.get(key) is not None:
+        if key in self._inflight or await self._store_get(key) is not None:
             return
         self.counters["prefetched"] += 1
         try:
             await self._fetch(key, path, version, index)
-        except FsError as e:  # a failed prefetch only loses the prefetch; the read will see it
+        except Exception as e:  # a failed prefetch only loses the prefetch; the read will see it
             log.debug("prefetch of %r #%d failed: %s", path, index, e)
 
     def stats(self) -> dict[str, Any]:
