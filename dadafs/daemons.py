@@ -135,7 +135,7 @@ def _mount_dev(real: str) -> str | None:
 def clear_stale_mount(mountpoint: str) -> None:
     """A client killed with SIGKILL leaves 'Transport endpoint is not connected': unmount it."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # never answered from cached attributes, unlike stat
         return
     except OSError as e:
         if e.errno not in (107, 5):  # ENOTCONN, EIO

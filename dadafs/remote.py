@@ -192,6 +192,7 @@ class RemoteSource:
         self.min_rate = min_rate
         self.ssl_context = ssl_context
         self.counters = {"failovers": 0, "eio_timeouts": 0}
+        self.down_since: float | None = None  # when a request last failed with all hosts down
 
     async def _connect(self, ep: _Endpoint) -> _Conn:
         with trio.fail_after(self.connect_timeout):
@@ -215,13 +216,17 @@ class RemoteSource:
         return conn
 
     async def _conn_for(self, ep: _Endpoint) -> _Conn:
-        ep.conns = [c for c in ep.conns if c.dead is None]
-        if len(ep.conns) < ep.pool_size:
+        """A live pooled connection (round-robin), opening one while the pool is not full."""
+        live = [c for c in ep.conns if c.dead is None]
+        if len(live) < ep.pool_size:
             async with ep.lock:
-                ep.conns = [c for c in ep.conns if c.dead is None]
-                if len(ep.conns) < ep.pool_size:
-                    ep.conns.append(await self._connect(ep))
-        return ep.conns[next(ep.rr) % len(ep.conns)]
+                live = [c for c in ep.conns if c.dead is None]
+                if len(live) < ep.pool_size:
+                    conn = await self._connect(ep)
+                    # Others may have failed and cleared the pool while we connected.
+                    ep.conns = [c for c in ep.conns if c.dead is None] + [conn]
+                    return conn
+        return live[next(ep.rr) % len(live)]
 
     def _candidates(self) -> list[_Endpoint]:
         """Endpoints not marked down: groups in failover order, each rotated (load spreading)."""
@@ -243,14 +248,28 @@ class RemoteSource:
         log.warning("upstream %s failed (%s); trying the next one", ep.name, ep.last_error)
 
     async def call(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
-        """Send a request to the first healthy upstream; raise FsError for a file error."""
+        """Send a request to the first healthy upstream; raise FsError for a file error.
+
+        Once a request has failed with every upstream down, later requests try every upstream
+        once and fail at once (no new wait of ``timeout`` per read) until one answers again.
+        """
         with trio.move_on_after(self.timeout):
-            return await self._call(header)
+            result = await self._call(header, once=self.down_since is not None)
+            self.down_since = None
+            return result
         self.counters["eio_timeouts"] += 1
+        self.down_since = trio.current_time()
+        log.warning("no upstream of %s answered in %g s: EIO", self.spec_text, self.timeout)
         raise FsError(errno.EIO, f"no upstream of {self.spec_text} answered in {self.timeout:g} s")
 
-    async def _call(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytearray | None]:
+    async def _call(
+        self, header: dict[str, Any], once: bool = False
+    ) -> tuple[dict[str, Any], bytearray | None]:
         delay = 0.05
+        if once:  # everything was down: probe every host now, ignoring their reset intervals
+            for g in self.groups:
+                for ep in g:
+                    ep.down_until = 0.0
         while True:
             eio = False
             for ep in self._candidates():
@@ -274,6 +293,8 @@ class RemoteSource:
                 return reply, payload
             if eio:
                 raise FsError(errno.EIO)
+            if once:
+                raise FsError(errno.EIO, f"every upstream of {self.spec_text} is still down")
             # Every host is marked down: probe them again soon rather than waiting out the reset.
             now = trio.current_time()
             for g in self.groups:
