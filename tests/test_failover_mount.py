@@ -33,7 +33,7 @@ def restart(procs: Procs, name: str) -> None:
     wait_listening(procs.start(name, old.argv), port)
 
 
-def timed_read(path: Path, on_offset: tuple[int, Callable[[], None]]) -> tuple[str, float]:
+def timed_read(path: Path, on_offset: tuple[int, Callable[[], object]]) -> tuple[str, float]:
     """Read ``path`` in 1 MiB pieces; call the callback once ``on_offset`` bytes are read.
     Returns the xxh3-128 and the longest wait for one piece (after the callback)."""
     h = xxhash.xxh3_128()
