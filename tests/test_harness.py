@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,14 @@ import pytest
 
 from tests.harness import netns
 from tests.harness.netns import Topology
-from tests.harness.procs import Procs, free_port, netns_argv, wait_for, wait_listening
+from tests.harness.procs import (
+    ProcessFailed,
+    Procs,
+    free_port,
+    netns_argv,
+    wait_for,
+    wait_listening,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PUMP = [sys.executable, "-m", "tests.harness.pump"]
@@ -212,3 +220,13 @@ def test_stale_namespaces_of_dead_runs_are_removed() -> None:
     finally:
         if name in netns.list_namespaces():
             netns.sh("ip", "netns", "del", name)
+
+
+def test_a_crashed_process_is_reported_with_its_log(tmp_path: Path) -> None:
+    crash = pytest.raises(ProcessFailed, match=r"(?s)crasher.*exited with 3.*the reason")
+    with crash, Procs(tmp_path) as procs:
+        procs.start("crasher", ["sh", "-c", "echo the reason >&2; exit 3"])
+        killed = procs.start("killed", ["sleep", "600"])
+        os.kill(killed.pid, signal.SIGKILL)  # as a fault test would: not reported
+        wait_for(lambda: not procs.get("crasher").alive() and not killed.alive(), "both to end")
+    assert "killed" not in str(crash.excinfo.value)

@@ -148,8 +148,15 @@ class Procs:
         return proc.popen.wait()
 
     def close(self) -> None:
+        """Stop everything. Raises if clean-up failed, or if a process had died on its own with
+        an error status (a crashed daemon: its log tail is in the message); deaths by SIGKILL or
+        SIGTERM count as intended (fault tests kill daemons on purpose)."""
         errors: list[str] = []
+        crashed: list[str] = []
         for proc in reversed(self.procs):
+            rc = proc.popen.poll()
+            if not proc.stopped and rc not in (None, 0, -signal.SIGKILL, -signal.SIGTERM):
+                crashed.append(str(proc.fail("died on its own")))
             try:
                 self.stop(proc)
             except Exception as e:  # keep cleaning up the others
@@ -163,6 +170,8 @@ class Procs:
         self.mounts.clear()
         if errors:
             raise RuntimeError("clean-up incomplete: " + "; ".join(errors))
+        if crashed:
+            raise ProcessFailed("\n".join(crashed))
 
 
 def wait_for(
