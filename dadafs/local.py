@@ -119,7 +119,9 @@ class LocalSource:
                 os.close(fd)
 
     def _root_attr(self) -> Attr:
-        st = os.stat(next(iter(self._paths.values())))
+        # fstat of the root descriptor, not a path: after dropping root the path's parent
+        # directories may not be reachable, and the path could have been replaced.
+        st = os.fstat(next(iter(self._roots.values())))
         return Attr(
             1,
             stat_mod.S_IFDIR | 0o555,
@@ -174,7 +176,8 @@ class LocalSource:
         parts = split_path(path)
         if not parts:
             raise FsError(errno.EISDIR)
-        fd = self._open(parts, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO (or a device) inside an export must not block a thread.
+        fd = self._open(parts, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         try:
             for _ in range(3):
                 before = os.fstat(fd)
@@ -202,12 +205,12 @@ class LocalSource:
 
     def _statfs_sync(self, path: bytes) -> dict[str, int]:
         parts = split_path(path)
-        d = (
-            self._paths[parts[0]]
-            if parts and parts[0] in self._paths
-            else next(iter(self._paths.values()))
+        fd = (
+            self._roots[parts[0]]
+            if parts and parts[0] in self._roots
+            else next(iter(self._roots.values()))
         )
-        s = os.statvfs(d)
+        s = os.fstatvfs(fd)
         return {
             "bsize": s.f_bsize,
             "frsize": s.f_frsize,
