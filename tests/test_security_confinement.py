@@ -9,6 +9,7 @@ one of the export's) and every byte read must be a file of the export, never the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Iterator
@@ -101,10 +102,8 @@ def probe(src: LocalSource, path: bytes, inodes: set[int], contents: set[bytes])
             assert b"/" not in name
     except FsError:
         pass
-    try:
+    with contextlib.suppress(FsError):
         src._readlink_sync(path)  # a target is only text: nothing is followed
-    except FsError:
-        pass
     for index in (0, 1):
         try:
             data = src._read_sync(path, version, index)
