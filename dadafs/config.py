@@ -138,7 +138,8 @@ def parse_export(v: str) -> tuple[str, str]:
 
 
 def check_listen(text: str) -> tuple[str, int]:
-    return parse_hostport(text)
+    """A listen address; port 0 asks the kernel for a free port."""
+    return parse_hostport(text, allow_zero=True)
 
 
 def check_exports(exports: dict[str, str]) -> None:

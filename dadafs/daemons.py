@@ -29,13 +29,17 @@ from .util import ConfigError, sd_notify
 log = logging.getLogger("dadafs")
 
 
-async def _until_signal(cancel: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for sig in signals:
-            log.info("got %s, stopping", signal.Signals(sig).name)
-            sd_notify("STOPPING=1")
-            cancel.cancel()
-            return
+def _signals() -> Any:
+    """Catch SIGINT/SIGTERM from the very start, so a stop during start-up is clean too."""
+    return trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+
+
+async def _until_signal(signals: Any, cancel: trio.CancelScope) -> None:
+    async for sig in signals:
+        log.info("got %s, stopping", signal.Signals(sig).name)
+        sd_notify("STOPPING=1")
+        cancel.cancel()
+        return
 
 
 def _remote(cfg: Any, key: bytes, nursery: trio.Nursery) -> RemoteSource:
@@ -61,14 +65,34 @@ async def run_origin(cfg: OriginConfig) -> None:
     ssl_ctx = server_context(cfg.tls_cert, cfg.tls_key)
     source = LocalSource({n.encode(): Path(d) for n, d in cfg.exports.items()})
     server = Server(source, key, ssl_context=ssl_ctx)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.listen, host, port)
-        if cfg.user:  # export roots and the port are open: root is no longer needed
-            drop_privileges(cfg.user)
-        log.info("origin exports %s", ", ".join(f"{n}={d}" for n, d in sorted(cfg.exports.items())))
-        sd_notify("READY=1")
-        await _until_signal(nursery.cancel_scope)
+    with _signals() as signals, trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_signal, signals, scope)
+            await nursery.start(server.listen, host, port)
+            if cfg.user:  # export roots and the port are open: root is no longer needed
+                drop_privileges(cfg.user)
+            exports = ", ".join(f"{n}={d}" for n, d in sorted(cfg.exports.items()))
+            log.info("origin exports %s", exports)
+            sd_notify("READY=1")
     await source.aclose()
+
+
+def _proxy_store(cfg: ProxyConfig) -> ChunkStore:
+    if not cfg.cache:
+        log.warning("no cache directory configured: caching %d bytes in RAM only", cfg.ram_cache)
+        return RamStore(cfg.ram_cache)
+    from .diskstore import DiskStore
+
+    for c in cfg.cache:
+        try:
+            Path(c.dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cache directory {c.dir}: {e.strerror}") from None
+    if cfg.user and os.geteuid() == 0:  # the cache directories become the user's
+        uid, gid = resolve_user(cfg.user)
+        for c in cfg.cache:
+            chown_tree(Path(c.dir), uid, gid)
+    return DiskStore([(Path(c.dir), c.size) for c in cfg.cache])
 
 
 async def run_proxy(cfg: ProxyConfig) -> None:
@@ -76,36 +100,25 @@ async def run_proxy(cfg: ProxyConfig) -> None:
     cfg.spec()
     key = load_key(cfg.secret_file)
     ssl_ctx = server_context(cfg.tls_cert, cfg.tls_key)
-    if cfg.user and os.geteuid() == 0:  # the cache directories become the user's
-        uid, gid = resolve_user(cfg.user)
-        for c in cfg.cache:
-            Path(c.dir).mkdir(parents=True, exist_ok=True)
-            chown_tree(Path(c.dir), uid, gid)
-    store: ChunkStore
-    if cfg.cache:
-        from .diskstore import DiskStore
-
-        for c in cfg.cache:
-            try:
-                Path(c.dir).mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise ConfigError(f"cache directory {c.dir}: {e.strerror}") from None
-        store = DiskStore([(Path(c.dir), c.size) for c in cfg.cache])
-    else:
-        log.warning("no cache directory configured: caching %d bytes in RAM only", cfg.ram_cache)
-        store = RamStore(cfg.ram_cache)
-    async with trio.open_nursery() as nursery:
-        remote = _remote(cfg, key, nursery)
-        cache = CacheSource(
-            remote, store, meta_ttl=cfg.meta_ttl, prefetch=cfg.prefetch, nursery=nursery
-        )
-        server = Server(cache, key, ssl_context=ssl_ctx)
-        await nursery.start(server.listen, host, port)
-        if cfg.user:
-            drop_privileges(cfg.user)
-        log.info("proxy for %s", remote.spec_text)
-        sd_notify("READY=1")
-        await _until_signal(nursery.cancel_scope)
+    store = _proxy_store(cfg)
+    with _signals() as signals, trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_signal, signals, scope)
+            remote = _remote(cfg, key, nursery)
+            cache = CacheSource(
+                remote,
+                store,
+                meta_ttl=cfg.meta_ttl,
+                prefetch=cfg.prefetch,
+                nursery=nursery,
+                persist_meta=bool(cfg.cache),  # a restarted proxy serves what it has, origins down
+            )
+            server = Server(cache, key, ssl_context=ssl_ctx)
+            await nursery.start(server.listen, host, port)
+            if cfg.user:
+                drop_privileges(cfg.user)
+            log.info("proxy for %s", remote.spec_text)
+            sd_notify("READY=1")
     await cache.aclose()
 
 
@@ -173,15 +186,22 @@ async def _raise_readahead_later(mountpoint: str, kb: int) -> None:
 
 
 async def run_mount(cfg: ClientConfig, mountpoint: str) -> None:
-    import pyfuse3
-
-    from .fuse import DadaFuse, FuseOptions
-
     spec = cfg.spec()
     key = load_key(cfg.secret_file)
     check_mountpoint(mountpoint)
     # Resolve now: once mounted, a stat of the mountpoint would call into ourselves.
     mountpoint = os.path.realpath(mountpoint)
+    with _signals() as signals:
+        await _mount_and_serve(cfg, spec, key, mountpoint, signals)
+
+
+async def _mount_and_serve(
+    cfg: ClientConfig, spec: Any, key: bytes, mountpoint: str, signals: Any
+) -> None:
+    import pyfuse3
+
+    from .fuse import DadaFuse, FuseOptions
+
     async with trio.open_nursery() as nursery:
         remote = _remote(cfg, key, nursery)
         await _probe(remote, spec)
@@ -201,7 +221,7 @@ async def run_mount(cfg: ClientConfig, mountpoint: str) -> None:
             nursery.start_soon(_raise_readahead_later, mountpoint, cfg.read_ahead_kb)
             log.info("mounted %s from %s", mountpoint, remote.spec_text)
             sd_notify("READY=1")
-            nursery.start_soon(_until_signal, nursery.cancel_scope)
+            nursery.start_soon(_until_signal, signals, nursery.cancel_scope)
             await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)

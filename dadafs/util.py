@@ -75,8 +75,10 @@ def fail(prog: str, msg: str) -> None:
     raise SystemExit(2)
 
 
-def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``host`` (with a default port)."""
+def parse_hostport(
+    text: str, default_port: int | None = None, *, allow_zero: bool = False
+) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``host`` (with a default port); port 0 only if allowed."""
     text = text.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -91,6 +93,6 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         if default_port is None:
             raise ConfigError(f"bad address {text!r}: expected HOST:PORT")
         return host, default_port
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    if not port_s.isdigit() or not (0 if allow_zero else 1) <= int(port_s) < 65536:
         raise ConfigError(f"bad port in {text!r}")
     return host, int(port_s)
