@@ -15,6 +15,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class Device:
         segment_size: int | None = None,
         policy: str = "clock",
         verify: str = "mmap",
+        trust_seconds: float = 0.0,
         log: logging.Logger,
     ) -> None:
         if policy not in POLICIES:
@@ -59,6 +61,8 @@ class Device:
             raise ValueError(f"unknown verify mode {verify!r} (mmap or pread)")
         self.ident, self.path, self.capacity = ident, Path(path), capacity
         self.policy, self.verify, self.log = policy, verify, log
+        self.trust_seconds = trust_seconds
+        self._epoch, self._epoch_t = 0, time.monotonic()
         self.seg_size = L.align(segment_size) if segment_size else default_segment_size(capacity)
         if not L.MIN_SEG_SIZE <= self.seg_size <= L.MAX_SEG_SIZE:
             raise ValueError(
@@ -87,6 +91,7 @@ class Device:
             (
                 "hits",
                 "misses",
+                "trusted_hits",
                 "puts",
                 "evictions",
                 "reinserted",
@@ -220,8 +225,8 @@ class Device:
 
     # ---- get ---------------------------------------------------------------------------------
 
-    def lookup(self, key: bytes) -> tuple[int, int, int] | None:
-        """Pin and return (segment, record location, length) of ``key``, or None (a miss)."""
+    def lookup(self, key: bytes) -> tuple[int, int, int, bool] | None:
+        """Pin ``key``'s record: (segment, location, length, verified recently), or None (a miss)."""
         k0, k1 = ix.split_key(key)
         with self.lock:
             if not self.ok:
@@ -233,11 +238,24 @@ class Device:
             meta = self.index.meta(slot)
             if self.policy != "fifo" and not meta & ix.REF:
                 self.index.set_meta(slot, meta | ix.REF)
+            trusted = False
+            if self.trust_seconds > 0:
+                self._maybe_tick()
+                trusted = bool(meta & ix.VERIFIED)
             loc = ix.meta_loc(meta) * L.ALIGN
             seg = loc // self.seg_size
             self.pins[seg] += 1
             self.c["hits"] += 1
-            return seg, loc, ix.meta_len(meta)
+            self.c["trusted_hits"] += trusted
+            return seg, loc, ix.meta_len(meta), trusted
+
+    def _maybe_tick(self) -> None:
+        """Every trust_seconds/2 forget the older half of the verified marks (lock held)."""
+        now = time.monotonic()
+        if now - self._epoch_t >= self.trust_seconds / 2:
+            self._epoch ^= 1
+            self._epoch_t = now
+            self.index.clear_bits(ix.VERIFIED_BIT[self._epoch])
 
     def verify_pinned(self, key: bytes, seg: int, loc: int, length: int) -> bool:
         """Check a pinned record; a bad one is dropped, counted and unpinned."""
@@ -248,6 +266,13 @@ class Device:
             self._fail(e, "read")
             return False
         if good:
+            if self.trust_seconds > 0:
+                with self.lock:
+                    slot = self.index.find(*ix.split_key(key))
+                    if slot >= 0:
+                        meta = self.index.meta(slot)
+                        if ix.meta_loc(meta) * L.ALIGN == loc:
+                            self.index.set_meta(slot, meta | ix.VERIFIED_BIT[self._epoch])
             return True
         with self.lock:
             self.c["hits"] -= 1

@@ -68,6 +68,7 @@ class ChunkStore:
         policy: str = "clock",
         verify: str = "mmap",
         segment_size: int | None = None,
+        trust_seconds: float = 0.0,
     ) -> None:
         if not devices:
             raise ValueError("a chunk store needs at least one cache directory")
@@ -76,7 +77,16 @@ class ChunkStore:
             raise ValueError("cache directories must be distinct")
         self.log = log or logging.getLogger("dadafs.ssdcache")
         self.devices = [
-            Device(i, p, cap, segment_size=segment_size, policy=policy, verify=verify, log=self.log)
+            Device(
+                i,
+                p,
+                cap,
+                segment_size=segment_size,
+                policy=policy,
+                verify=verify,
+                trust_seconds=trust_seconds,
+                log=self.log,
+            )
             for i, (p, cap) in enumerate(devices)
         ]
         self._no_device_misses = 0
@@ -103,8 +113,8 @@ class ChunkStore:
         found = dev.lookup(key)
         if found is None:
             return None
-        seg, loc, length = found
-        if not dev.verify_pinned(key, seg, loc, length):
+        seg, loc, length, trusted = found
+        if not trusted and not dev.verify_pinned(key, seg, loc, length):
             return None
         return ChunkRef(dev.fd, loc + L.HEADER_SIZE, length, dev, seg)
 
@@ -144,6 +154,7 @@ class ChunkStore:
                 "index_ram_bytes",
                 "hits",
                 "misses",
+                "trusted_hits",
                 "puts",
                 "evictions",
                 "reinserted",
