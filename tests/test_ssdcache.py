@@ -6,6 +6,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -396,3 +397,47 @@ def test_torn_record_after_restart_is_detected(tmp_path: Path) -> None:
     finally:
         reopened.close()
         store.close()
+
+
+def test_trust_window_reverifies_after_it_expires(tmp_path: Path) -> None:
+    store = ChunkStore([(tmp_path / "a", 16 * MiB)], trust_seconds=0.4)
+    try:
+        d = payload(1, 100_000)
+        store.put(key(1), d)
+        assert store.read(key(1)) == d  # first hit: verified
+        dev, loc = location(store, key(1))
+        fd = os.open(dev.path / DATAFILE, os.O_RDWR)
+        try:
+            os.pwrite(fd, b"\xff", loc + L.HEADER_SIZE + 10)
+        finally:
+            os.close(fd)
+        # Within the window a hit is served without hashing (the page was verified moments ago).
+        ref = store.get(key(1))
+        assert ref is not None and dev.c["trusted_hits"] >= 1
+        ref.release()
+        deadline = time.monotonic() + 5
+        while store.read(key(1)) is not None:  # at most trust_seconds later it is checked again
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert store.stats()["checksum_failures"] == 1 and not store.contains(key(1))
+    finally:
+        store.close()
+
+
+def test_stats_report_every_device_figure(store: ChunkStore) -> None:
+    store.put(key(1), payload(1, 1000))
+    s = store.stats()
+    for k in (
+        "bytes",
+        "chunks",
+        "hits",
+        "misses",
+        "evictions",
+        "checksum_failures",
+        "index_ram_bytes",
+        "entries",
+    ):
+        assert k in s and all(k in d for d in s["devices"])
+    assert [d["state"] for d in s["devices"]] == ["ok", "ok"]
+    assert s["chunks"] == s["entries"] == 1 and s["bytes"] == 1000
+    assert s["index_ram_bytes"] == sum(d.index.nbytes for d in store.devices)
