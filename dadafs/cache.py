@@ -203,6 +203,8 @@ class CacheSource:
             "bytes_served": 0,
             "errors": 0,
             "prefetched": 0,
+            "stale_served": 0,
+            "store_errors": 0,
         }
 
     async def _cached(self, kind: str, path: bytes, fetch: Any) -> Any:
