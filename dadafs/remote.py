@@ -202,7 +202,11 @@ class RemoteSource:
                 tls = None
                 if self.ssl_context is not None:
                     tls = trio.SSLStream(stream, self.ssl_context, server_hostname=ep.host)
-                    await tls.do_handshake()
+                    try:
+                        await tls.do_handshake()
+                    except trio.BrokenResourceError as e:  # trio wraps the ssl error
+                        why = e.__cause__ or e
+                        raise ConnectionError(f"TLS with {ep.name} failed: {why}") from None
                 ch = Channel(
                     sock, max_header=MAX_REPLY_HEADER, max_payload=MAX_REPLY_PAYLOAD, tls=tls
                 )
