@@ -4,6 +4,7 @@ privileges dropped after start-up, ``allow_other`` only when configured. Real da
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import socket
@@ -236,6 +237,10 @@ def ids(pid: int) -> dict[str, list[int]]:
     return out
 
 
+def runs_as_nobody(pid: int) -> bool:
+    return ids(pid)["Uid"] == [65534] * 4
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[Path]:
     """A directory every user can traverse (tmp_path's parents are private to root)."""
@@ -261,7 +266,7 @@ def test_daemons_drop_privileges(tmp_path: Path, procs: Procs) -> None:
     proxy = tiers.start_proxy(procs, key, origin, cache, "1G", extra=("--user", "nobody"))
     for name in ("origin", "proxy"):
         pid = procs.get(name).pid
-        wait_for(lambda pid=pid: ids(pid)["Uid"] == [65534] * 4, f"{name} running as nobody")
+        wait_for(functools.partial(runs_as_nobody, pid), f"{name} running as nobody")
         st = ids(pid)
         assert st["Gid"] == [65534] * 4 and st["Groups"] == [65534] and st["NoNewPrivs"] == [1]
     assert cache.stat().st_uid == 65534
