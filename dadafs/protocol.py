@@ -19,8 +19,10 @@ and file data are read into memory and encrypted (no zero-copy path exists throu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import socket
 import struct
 from typing import Any
 
@@ -45,6 +47,17 @@ class AuthError(ProtocolError):
     """The peer does not know the shared key."""
 
 
+_LOWAT = 128 * 1024  # at the stall detector's min_rate (128 KiB/s) this is 1 s of data
+_SOCK_BUF = 4 << 20
+
+
+def tune_socket(sock: trio.socket.SocketType) -> None:
+    """Buffers that hold a few whole chunks, so a 1 MiB payload is one send and few receives."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, _SOCK_BUF)
+
+
 class Channel:
     """A framed, authenticated connection over a connected trio socket."""
 
@@ -66,6 +79,8 @@ class Channel:
         self._start = 0
         self._end = 0
         self.peer = _peername(sock)
+        if tls is None:
+            tune_socket(sock)
 
     # -- receiving ---------------------------------------------------------------------------
     async def _fill(self, need: int) -> None:
@@ -111,11 +126,20 @@ class Channel:
         self._start += have
         view = memoryview(payload)
         pos = have
-        while pos < n:
-            got = await self._recv_into(view[pos:])
-            if not got:
-                raise EOFError("connection closed by peer in a payload")
-            pos += got
+        lowat = self.tls is None and n - pos > _LOWAT
+        if lowat:  # wake up once per large piece, not once per TCP segment
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, _LOWAT)
+        try:
+            while pos < n:
+                got = await self._recv_into(view[pos:])
+                if not got:
+                    raise EOFError("connection closed by peer in a payload")
+                pos += got
+                if lowat and n - pos < _LOWAT:
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, n - pos))
+        finally:
+            if lowat:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         return header, payload
 
     async def _recv_into(self, view: memoryview) -> int:
