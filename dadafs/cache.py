@@ -38,6 +38,8 @@ class ChunkStore(Protocol):
 
     async def put(self, key: bytes, data: Buf) -> None: ...
 
+    def contains(self, key: bytes) -> bool: ...
+
     def stats(self) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
@@ -74,6 +76,9 @@ class RamStore:
             self.counters["evictions"] += 1
         self._d[key] = (data, checksum(data))
         self.used += len(data)
+
+    def contains(self, key: bytes) -> bool:
+        return key in self._d
 
     def _drop(self, key: bytes) -> None:
         data, _ = self._d.pop(key)
@@ -378,8 +383,8 @@ class CacheSource:
     async def prefetch(self, path: bytes, version: Version, index: int) -> None:
         """Bring a chunk into the cache (for readahead); errors are left to the real read."""
         key = chunk_key(path, version, index)
-        if key in self._inflight or await self._store_get(key) is not None:
-            return
+        if key in self._inflight or self.store.contains(key):
+            return  # present (or coming): no need to read and verify it just to know
         self.counters["prefetched"] += 1
         try:
             await self._fetch(key, path, version, index)

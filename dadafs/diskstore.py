@@ -30,6 +30,10 @@ class DiskStore:
     async def put(self, key: bytes, data: Buf) -> None:
         await trio.to_thread.run_sync(self.engine.put, key, memoryview(data))
 
+    def contains(self, key: bytes) -> bool:
+        """An index lookup under the engine's lock: no I/O, safe on the trio thread."""
+        return bool(self.engine.contains(key))
+
     def stats(self) -> dict[str, Any]:
         return {"kind": "ssd", **self.engine.stats()}
 
