@@ -441,3 +441,19 @@ def test_stats_report_every_device_figure(store: ChunkStore) -> None:
     assert [d["state"] for d in s["devices"]] == ["ok", "ok"]
     assert s["chunks"] == s["entries"] == 1 and s["bytes"] == 1000
     assert s["index_ram_bytes"] == sum(d.index.nbytes for d in store.devices)
+
+
+def test_chunks_spread_over_devices_in_proportion_to_capacity(tmp_path: Path) -> None:
+    store = ChunkStore([(tmp_path / "a", 8 * MiB), (tmp_path / "b", 24 * MiB)])
+    try:
+        small, big = store.devices
+        share = sum(store.device_for(key(i)) is small for i in range(20_000)) / 20_000
+        assert abs(share - 0.25) < 0.02, share
+        # Rendezvous: taking a device out moves only its own keys.
+        before = {i: store.device_for(key(i)) for i in range(2_000)}
+        small.state = "failed: test"
+        assert all(store.device_for(key(i)) is big for i in range(2_000))
+        small.state = "ok"
+        assert all(store.device_for(key(i)) is before[i] for i in range(2_000))
+    finally:
+        store.close()

@@ -174,13 +174,13 @@ class Device:
 
     def _verified(self, loc: int, key: bytes, length: int) -> bool:
         """Whether the record at ``loc`` is ``key``'s, whole, and its bytes match their xxh3."""
-        if self._mv is not None:
-            hdr = L.unpack_header(self._mv[loc : loc + L.HEADER_SIZE])
+        mv = self._mv
+        if mv is not None:
+            hdr = L.unpack_header(mv[loc : loc + L.HEADER_SIZE])
             if hdr is None or hdr.key != key or hdr.length != length:
                 return False
-            return (
-                checksum(self._mv[loc + L.HEADER_SIZE : loc + L.HEADER_SIZE + length]) == hdr.digest
-            )
+            data = mv[loc + L.HEADER_SIZE : loc + L.HEADER_SIZE + length]
+            return checksum(data) == hdr.digest
         buf = getattr(self._tls, "buf", None)
         if buf is None:
             buf = self._tls.buf = bytearray(L.HEADER_SIZE + L.MAX_DATA)
@@ -264,6 +264,9 @@ class Device:
         except OSError as e:
             self.unpin(seg)
             self._fail(e, "read")
+            return False
+        except (ValueError, TypeError):  # mapping closed by a concurrent close(): a miss
+            self.unpin(seg)
             return False
         if good:
             if self.trust_seconds > 0:

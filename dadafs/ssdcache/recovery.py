@@ -67,11 +67,13 @@ def walk_segment(read: Reader, base: int, seg_size: int) -> SegmentScan:
     off, prev = 0, 0
     block = b""
     block_off = 0
+    want = 4096  # an empty segment costs one small read; then read-ahead grows to 256 KiB
     while off + L.HEADER_SIZE <= seg_size:
-        # Read ahead in 256 KiB blocks: small records cost one read per block, not per header.
+        # Read ahead in blocks: small records cost one read per block, not per header.
         if not block_off <= off < block_off + len(block) - L.HEADER_SIZE + 1:
             block_off = off
-            block = read(base + off, min(256 * 1024, seg_size - off))
+            block = read(base + off, min(want, seg_size - off))
+            want = min(want * 4, 256 * 1024)
         hdr = L.unpack_header(block[off - block_off : off - block_off + L.HEADER_SIZE])
         if hdr is None or hdr.prev_seq != prev or (rows and hdr.seq <= prev):
             break

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class ChunkStore:
             for i, (p, cap) in enumerate(devices)
         ]
         self._no_device_misses = 0
+        self._lock = threading.Lock()  # guards _no_device_misses
         for d in self.devices:
             self.log.info("cache %s: %s, %d chunks, %s", d.path, d.state, d.index.count, d.policy)
 
@@ -108,7 +110,8 @@ class ChunkStore:
     def get(self, key: bytes) -> ChunkRef | None:
         dev = self.device_for(key)
         if dev is None:
-            self._no_device_misses += 1
+            with self._lock:
+                self._no_device_misses += 1
             return None
         found = dev.lookup(key)
         if found is None:
