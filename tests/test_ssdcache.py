@@ -186,7 +186,7 @@ WORKLOAD = st.lists(
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(ops=WORKLOAD, policy=st.sampled_from(["fifo", "clock"]))
+@given(ops=WORKLOAD, policy=st.sampled_from(["fifo", "clock", "clock-late"]))
 def test_random_workload_larger_than_the_cache(
     tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, int]], policy: str
 ) -> None:
@@ -321,9 +321,9 @@ def test_pinned_region_is_never_overwritten(tmp_path: Path) -> None:
         store.close()
 
 
-def test_clock_keeps_referenced_chunks_fifo_does_not(tmp_path: Path) -> None:
+def test_clock_policies_keep_referenced_chunks_fifo_does_not(tmp_path: Path) -> None:
     kept = {}
-    for policy in ("fifo", "clock"):
+    for policy in ("fifo", "clock", "clock-late"):
         store = ChunkStore([(tmp_path / policy, 24 * MiB)], policy=policy)
         try:
             hot = [key(10_000 + h) for h in range(4)]
@@ -337,7 +337,7 @@ def test_clock_keeps_referenced_chunks_fifo_does_not(tmp_path: Path) -> None:
             kept[policy] = sum(store.contains(k) for k in hot)
         finally:
             store.close()
-    assert kept == {"fifo": 0, "clock": 4}
+    assert kept == {"fifo": 0, "clock": 4, "clock-late": 4}
 
 
 def test_concurrent_threads_get_and_put(tmp_path: Path) -> None:
