@@ -457,3 +457,60 @@ def test_chunks_spread_over_devices_in_proportion_to_capacity(tmp_path: Path) ->
         assert all(store.device_for(key(i)) is before[i] for i in range(2_000))
     finally:
         store.close()
+
+
+def _damage(path: Path, off: int, data: bytes) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, off)
+    finally:
+        os.close(fd)
+
+
+def test_crash_after_the_head_invalidated_the_next_footer(tmp_path: Path) -> None:
+    """Killed between zeroing the next segment's trailer and writing into it: that segment's
+    previous-lap records are walked back in; they are whole and right, and evicted next lap."""
+    caps = [(tmp_path / "a", 16 * MiB)]
+    store = ChunkStore(caps)
+    sizes = {i: 250_000 + i for i in range(80)}  # ~3 laps
+    for i, n in sizes.items():
+        store.put(key(i), payload(i, n))
+    dev = store.devices[0]
+    nxt = (dev.head_seg + 1) % dev.nseg
+    _damage(dev.path / DATAFILE, (nxt + 1) * dev.seg_size - L.TRAILER_SIZE, bytes(L.TRAILER_SIZE))
+    reopened = ChunkStore(caps)
+    try:
+        assert set(store.cached_keys()) <= set(reopened.cached_keys())
+        for i in range(80, 200):
+            sizes[i] = 250_000 + i
+            reopened.put(key(i), payload(i, sizes[i]))
+        for i, n in sizes.items():
+            assert reopened.read(key(i)) in (None, payload(i, n))
+        assert disk_usage(tmp_path / "a")[0] <= 16 * MiB
+        assert reopened.stats()["checksum_failures"] == 0
+    finally:
+        reopened.close()
+        store.close()
+
+
+def test_leftovers_after_a_torn_header_never_chain_to_new_records(tmp_path: Path) -> None:
+    caps = [(tmp_path / "a", 16 * MiB)]
+    store = ChunkStore(caps)
+    for i in range(6):
+        store.put(key(i), payload(i, 100_000))
+    dev = store.devices[0]
+    assert len(dev.head_rows) == 6
+    _, off3, _, _ = dev.head_rows[3]
+    base = dev.head_seg * dev.seg_size
+    _damage(dev.path / DATAFILE, base + off3 + 8, b"\xee" * 8)  # record 3's header torn
+    first = ChunkStore(caps)  # restart: records 0-2 kept, 3 torn, 4-5 are leftovers
+    assert sorted(first.cached_keys()) == sorted(key(i) for i in range(3))
+    first.put(key(100), payload(100, 100_000))  # same length: lands exactly where record 3 was
+    first.close()
+    second = ChunkStore(caps)
+    try:
+        assert sorted(second.cached_keys()) == sorted([key(i) for i in range(3)] + [key(100)])
+        assert second.read(key(100)) == payload(100, 100_000)
+    finally:
+        second.close()
+        store.close()

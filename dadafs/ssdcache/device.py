@@ -30,9 +30,8 @@ SUPERBLOCK = "dadafs-cache.json"
 DATAFILE = "chunks.dat"
 RESERVED = 4096  # capacity kept for the superblock
 MAX_DEFAULT_SEG = 64 << 20
-SEQ_JUMP = (
-    1 << 24
-)  # a restart continues far above the last seq: a crashed run's leftovers never chain
+# A restart continues far above the last seq: a crashed run's leftovers never chain.
+SEQ_JUMP = 1 << 24
 POLICIES = ("fifo", "clock", "clock-late")
 
 
