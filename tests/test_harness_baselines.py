@@ -3,15 +3,17 @@ private sshd, the page cache: each delivers the file's exact bytes and is gone a
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import baselines
-from tests.harness.procs import Procs, is_mounted, listening_ports
+from tests.harness.procs import Procs, is_mounted, listening_ports, wait_for
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="servers and FUSE mounts need root"),
@@ -68,3 +70,19 @@ def test_sshfs_mount_reads_exact_bytes_and_is_unmounted(
 def test_page_cache_read_counts_every_byte(data: Path) -> None:
     n, seconds = baselines.page_cache_read(data / "sub" / "file.bin")
     assert n == (3 << 20) + 4 and seconds > 0
+
+
+def test_a_dead_fuse_mount_is_detached_at_clean_up(tmp_path: Path, data: Path) -> None:
+    """A FUSE daemon killed with SIGKILL leaves 'Transport endpoint is not connected' behind."""
+    mnt = tmp_path / "mnt"
+    with Procs(tmp_path / "logs") as procs:
+        server = baselines.start_sshd(procs, tmp_path / "ssh")
+        baselines.mount_sshfs(procs, server, data, mnt)
+        os.kill(procs.get("sshfs").pid, signal.SIGKILL)
+        wait_for(lambda: not procs.get("sshfs").alive(), "sshfs to die")
+        with pytest.raises(OSError) as e:
+            os.listdir(mnt)
+        assert e.value.errno == errno.ENOTCONN
+        assert is_mounted(mnt)
+    assert not is_mounted(mnt)
+    assert os.listdir(mnt) == []
