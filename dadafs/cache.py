@@ -380,16 +380,20 @@ class CacheSource:
         async with self._prefetch_slots:
             await self.prefetch(path, version, index)
 
-    async def prefetch(self, path: bytes, version: Version, index: int) -> None:
-        """Bring a chunk into the cache (for readahead); errors are left to the real read."""
+    async def prefetch(self, path: bytes, version: Version, index: int) -> bool:
+        """Bring a chunk into the cache (for readahead); True if it came from upstream.
+
+        Errors are left to the real read."""
         key = chunk_key(path, version, index)
         if key in self._inflight or self.store.contains(key):
-            return  # present (or coming): no need to read and verify it just to know
+            return False  # present (or coming): no need to read and verify it just to know
         self.counters["prefetched"] += 1
         try:
             await self._fetch(key, path, version, index)
         except Exception as e:  # a failed prefetch only loses the prefetch; the read will see it
             log.debug("prefetch of %r #%d failed: %s", path, index, e)
+            return False
+        return True
 
     def stats(self) -> dict[str, Any]:
         return {**self.counters, "store": self.store.stats(), "upstream": self.upstream.stats()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import stat as stat_mod
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ class _Handle:
     next_off: int = 0
     window: int = 0
     ahead_upto: int = -1  # highest chunk index prefetch was started for
+    rate: float = 0.0  # the reader's sequential rate, bytes/s (moving average)
+    last_t: float = 0.0
 
 
 @dataclass
@@ -68,6 +71,7 @@ class DadaFuse(pyfuse3.Operations):
         self._fh = 0
         self._last_version: dict[bytes, tuple[int, int, int]] = {}
         self._prefetch_slots = trio.Semaphore(64)
+        self.fetch_latency = 0.002  # seconds for an upstream chunk (moving average)
         self.counters = {"reads": 0, "bytes_read": 0, "errors": 0, "readahead_chunks": 0}
 
     # -- helpers -------------------------------------------------------------------------------
@@ -251,12 +255,28 @@ class DadaFuse(pyfuse3.Operations):
         return joined[off - base : end - base]
 
     def _readahead(self, h: _Handle, off: int, end: int, last: int) -> None:
+        """Sequential reads grow a window of chunks fetched ahead; a seek drops it.
+
+        The window aims at twice the bandwidth-delay product: the reader's measured rate times
+        the measured latency of an upstream chunk fetch, plus two chunks of slack. It grows by
+        doubling (slow start) toward that aim, so a fast reader on a long link gets a deep
+        window and a slow one does not flood the cache.
+        """
+        now = trio.current_time()
         if off == h.next_off or (h.next_off and 0 <= off - h.next_off < CHUNK_SIZE):
-            h.window = min(max(2, h.window * 2), self.opts.readahead_max)
+            dt = now - h.last_t
+            if dt > 0:
+                inst = (end - off) / dt
+                h.rate = inst if h.rate == 0 else 0.7 * h.rate + 0.3 * inst
+            bdp = h.rate * self.fetch_latency / CHUNK_SIZE
+            aim = min(self.opts.readahead_max, max(2, math.ceil(2 * bdp) + 2))
+            h.window = min(aim, max(2, h.window * 2))
         elif off != 0:
             h.window = 0  # a seek: random access, no readahead
+            h.rate = 0.0
             h.ahead_upto = last
         h.next_off = end
+        h.last_t = now
         if h.window == 0:
             return
         nchunks = (h.attr.size + CHUNK_SIZE - 1) // CHUNK_SIZE
@@ -269,7 +289,9 @@ class DadaFuse(pyfuse3.Operations):
 
     async def _prefetch(self, path: bytes, version: tuple[int, int, int], index: int) -> None:
         async with self._prefetch_slots:
-            await self.cache.prefetch(path, version, index)
+            t0 = trio.current_time()
+            if await self.cache.prefetch(path, version, index):  # it went upstream: a sample
+                self.fetch_latency = 0.8 * self.fetch_latency + 0.2 * (trio.current_time() - t0)
 
     # -- everything that would write -----------------------------------------------------------
     async def _erofs(self, *args: Any, **kw: Any) -> Any:
