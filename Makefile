@@ -69,3 +69,8 @@ ansible-lint: ansible-collections
 # The slow provisioning tests alone (also part of `make test-slow`).
 test-provisioning-slow: setup ansible-collections
 	$(PY) -m pytest -m slow tests/test_provisioning_slow.py $(PYTEST_OPTS)
+
+# ---- client benchmarks of issue 4 alone (tests/harness); DADAFS_BENCH_SCALE=0.25 for a quick run.
+.PHONY: bench-client
+bench-client: setup
+	$(PY) -m pytest -m bench -s tests/test_bench_client.py tests/test_bench_client_scale.py $(PYTEST_OPTS)

@@ -327,7 +327,7 @@ def test_many_cbf_sized_files_vs_large_file(stack: Stack) -> None:
         + f"\nsmall / large = {s / b:.2f} (target ≥ 0.70: {met(s / b >= 0.7)}).\n"
     )
     benchlib.write_section(
-        "client-small-files", "Client: 2000 CBF-sized files vs one large file",
+        "client-small-files", f"Client: {nfiles} CBF-sized files vs one large file",
         cmd("test_many_cbf_sized_files_vs_large_file"), body,
     )  # fmt: skip
 
