@@ -514,3 +514,29 @@ def test_leftovers_after_a_torn_header_never_chain_to_new_records(tmp_path: Path
     finally:
         second.close()
         store.close()
+
+
+def test_contains_without_waiting_never_blocks(store: ChunkStore) -> None:
+    store.put(key(1), payload(1, 1000))
+    assert store.contains(key(1), wait=False) and store.contains(key(1))
+    dev = store.device_for(key(1))
+    assert dev is not None
+    held = threading.Event()
+    done = threading.Event()
+
+    def hold() -> None:
+        with dev.lock:
+            held.set()
+            done.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        held.wait(5)
+        t0 = time.monotonic()
+        assert store.contains(key(1), wait=False) is False  # busy: a false "no", at once
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        done.set()
+        t.join()
+    assert store.contains(key(1), wait=False)

@@ -308,9 +308,14 @@ class Device:
             k0, k1, _ = self.index.arrays()
         return [ix.join_key(int(a), int(b)) for a, b in zip(k0, k1, strict=True)]
 
-    def contains(self, key: bytes) -> bool:
-        with self.lock:
+    def contains(self, key: bytes, wait: bool = True) -> bool:
+        """Whether ``key`` is indexed; with ``wait=False`` False while the lock is busy."""
+        if not self.lock.acquire(blocking=wait):
+            return False
+        try:
             return self.ok and self.index.find(*ix.split_key(key)) >= 0
+        finally:
+            self.lock.release()
 
     # ---- put ---------------------------------------------------------------------------------
 

@@ -137,9 +137,12 @@ class ChunkStore:
         if dev is not None:
             dev.put(key, data)
 
-    def contains(self, key: bytes) -> bool:
+    def contains(self, key: bytes, *, wait: bool = True) -> bool:
+        """Whether ``key`` is cached (no I/O, not verified). ``wait=False`` never blocks: it
+        answers False while the device's lock is held (e.g. by a rollover copying chunks), which
+        suits an event-loop thread deciding whether to prefetch."""
         dev = self.device_for(key)
-        return dev is not None and dev.contains(key)
+        return dev is not None and dev.contains(key, wait)
 
     def cached_keys(self) -> list[bytes]:
         """Every cached key of the devices in service (a copy; for tests and tools)."""
