@@ -230,3 +230,13 @@ def test_a_crashed_process_is_reported_with_its_log(tmp_path: Path) -> None:
         os.kill(killed.pid, signal.SIGKILL)  # as a fault test would: not reported
         wait_for(lambda: not procs.get("crasher").alive() and not killed.alive(), "both to end")
     assert "killed" not in str(crash.excinfo.value)
+
+
+def test_two_topologies_of_one_process_do_not_collide(procs: Procs) -> None:
+    with Topology() as t1, Topology() as t2:
+        a1, b1, _ = pair(t1)
+        a2, b2, _ = pair(t2)
+        assert len({a1, b1, a2, b2}) == 4
+        sent, got = transfer(procs, b2, "10.77.0.2:7000", a2, "10.77.0.2:7000", 1 << 20)
+        assert got["xxh3"] == sent["xxh3"]
+    assert not {a1, b1, a2, b2} & set(netns.list_namespaces())

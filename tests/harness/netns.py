@@ -1,7 +1,8 @@
 """Network namespaces, veth links, tbf shaping and iptables packet loss for tests.
 
 A ``Topology`` owns everything it creates. Names carry the creating process id
-(``dadafs-h-<pid>-<label>`` for namespaces, ``v<pid hex>n<i>a|b`` for interfaces), so parallel runs
+(``dadafs-h-<pid>-t<k>-<label>`` for namespaces, ``v<pid hex>t<k>n<i>a|b`` for interfaces, k
+counting the topologies of one process), so parallel runs
 never collide, and leftovers of a run that was killed are recognisable: the next ``Topology``
 removes namespaces whose creator is dead. Veths are created directly inside their namespaces and
 every qdisc and iptables rule lives inside a namespace, so deleting the namespaces (after killing
@@ -11,6 +12,7 @@ the processes still in them) removes all of it; ``close`` checks that nothing is
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 PREFIX = "dadafs-h"
+_instances = itertools.count()
 NETNS_DIR = Path("/run/netns")
 
 
@@ -102,6 +105,7 @@ class Topology:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
+        self.tag = f"t{next(_instances)}"  # several topologies of one process never collide
         self.namespaces: list[str] = []
         self.links: list[Link] = []
         cleanup_stale()
@@ -117,7 +121,7 @@ class Topology:
     def namespace(self, label: str) -> str:
         if not label.isalnum():
             raise NetnsError(f"namespace label must be alphanumeric: {label!r}")
-        ns = f"{PREFIX}-{self.pid}-{label}"
+        ns = f"{PREFIX}-{self.pid}-{self.tag}-{label}"
         sh("ip", "netns", "add", ns)
         self.namespaces.append(ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -126,8 +130,10 @@ class Topology:
     def link(self, ns_a: str, addr_a: str, ns_b: str, addr_b: str, prefixlen: int = 24) -> Link:
         """A veth pair between two namespaces, addressed and up."""
         i = len(self.links)
-        a = Endpoint(ns_a, f"v{self.pid:x}n{i}a", addr_a)
-        b = Endpoint(ns_b, f"v{self.pid:x}n{i}b", addr_b)
+        if i > 999:
+            raise NetnsError("at most 1000 links per topology (interface names have 15 characters)")
+        a = Endpoint(ns_a, f"v{self.pid:x}{self.tag}n{i}a", addr_a)
+        b = Endpoint(ns_b, f"v{self.pid:x}{self.tag}n{i}b", addr_b)
         sh("ip", "link", "add", a.ifname, "netns", a.ns, "type", "veth",
            "peer", "name", b.ifname, "netns", b.ns)  # fmt: skip
         link = Link(a, b)
@@ -201,6 +207,6 @@ class Topology:
                 errors.append(str(e))
         self.namespaces.clear()
         self.links.clear()
-        left = [ns for ns in list_namespaces() if ns.startswith(f"{PREFIX}-{self.pid}-")]
+        left = [ns for ns in list_namespaces() if ns.startswith(f"{PREFIX}-{self.pid}-{self.tag}-")]
         if errors or left:
             raise NetnsError(f"clean-up incomplete: {errors} {left}")
