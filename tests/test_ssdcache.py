@@ -540,3 +540,22 @@ def test_contains_without_waiting_never_blocks(store: ChunkStore) -> None:
         done.set()
         t.join()
     assert store.contains(key(1), wait=False)
+
+
+def test_recovery_keeps_the_newest_copy_of_each_key() -> None:
+    import numpy as np
+
+    from dadafs.ssdcache.recovery import newest_copies
+
+    rng = np.random.default_rng(5)
+    words = rng.integers(0, 2**63, (5000, 2), dtype=np.uint64)
+    words[100:300] = words[:200]  # 200 keys stored twice
+    words[300:310] = words[:10]  # ... and 10 of them three times
+    words[400:405, 0] = words[600:605, 0]  # same first word, different keys: all distinct
+    seq = rng.permutation(5000).astype(np.uint64)
+    best: dict[tuple[int, int], int] = {}
+    for i in range(5000):
+        k = (int(words[i, 0]), int(words[i, 1]))
+        if k not in best or seq[i] > seq[best[k]]:
+            best[k] = i
+    assert sorted(newest_copies(words, seq).tolist()) == sorted(best.values())

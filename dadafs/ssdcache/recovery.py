@@ -91,6 +91,26 @@ def key_words(entries: np.ndarray) -> np.ndarray:
     return np.frombuffer(entries["key"].tobytes(), dtype="<u8").reshape(-1, 2)
 
 
+def newest_copies(words: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Indices of the highest-seq record of each distinct key. Keys are hashes, so only records
+    whose first key word repeats (copies of one key, practically) are resolved one by one."""
+    order = np.argsort(words[:, 0], kind="stable")
+    k0 = words[order, 0]
+    same = np.flatnonzero(k0[1:] == k0[:-1])
+    if not len(same):
+        return order
+    involved = np.unique(np.concatenate([order[same], order[same + 1]]))
+    best: dict[tuple[int, int], int] = {}
+    for i in involved.tolist():
+        k = (int(words[i, 0]), int(words[i, 1]))
+        if k not in best or seq[i] > seq[best[k]]:
+            best[k] = i
+    live = np.ones(len(order), dtype=bool)
+    live[involved] = False
+    live[np.fromiter(best.values(), dtype=np.int64)] = True
+    return order[live[order]]
+
+
 def recover(read: Reader, seg_size: int, nseg: int) -> Recovered:
     """Every live record of a device, newest copy of each key, and where the head stands."""
     scans = [scan_segment(read, s * seg_size, seg_size) for s in range(nseg)]
@@ -100,13 +120,10 @@ def recover(read: Reader, seg_size: int, nseg: int) -> Recovered:
     if not len(entries):
         out.head_scan = scans[0]
         return out
-    # Newest copy of each key: sort by seq descending, keep the first of each key.
-    order = np.argsort(entries["seq"], kind="stable")[::-1]
-    entries, segs = entries[order], segs[order]
-    _, first = np.unique(key_words(entries), axis=0, return_index=True)
-    keep = np.sort(first)
+    keep = newest_copies(key_words(entries), entries["seq"])
     out.entries, out.seg = entries[keep], segs[keep]
-    out.max_seq = int(entries["seq"][0])
-    out.head_seg = int(segs[0])
+    newest = int(np.argmax(entries["seq"]))
+    out.max_seq = int(entries["seq"][newest])
+    out.head_seg = int(segs[newest])
     out.head_scan = scans[out.head_seg]
     return out
