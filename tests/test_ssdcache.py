@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import threading
 import time
@@ -218,6 +219,7 @@ def test_random_workload_larger_than_the_cache(
         assert all(dev["state"] == "ok" for dev in store.stats()["devices"])
     finally:
         store.close()
+        shutil.rmtree(root)  # 25 examples of up to 16 MiB each: do not keep them around
 
 
 @pytest.mark.parametrize("verify", ["mmap", "pread"])
