@@ -123,6 +123,8 @@ def test_header_and_footer_formats_reject_damage() -> None:
 def test_rejects_bad_configuration(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="too small"):
         ChunkStore([(tmp_path / "a", 3 * MiB)])
+    with pytest.raises(ValueError, match="32 TiB"):
+        ChunkStore([(tmp_path / "a", 40 << 40)])
     with pytest.raises(ValueError, match="distinct"):
         ChunkStore([(tmp_path / "a", 64 * MiB), (tmp_path / "a", 64 * MiB)])
     with pytest.raises(ValueError, match="policy"):

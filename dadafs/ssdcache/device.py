@@ -68,6 +68,8 @@ class Device:
                 f"{path}: segment size must lie in [{L.MIN_SEG_SIZE}, {L.MAX_SEG_SIZE}], got {self.seg_size}"
             )
         self.nseg = (capacity - RESERVED) // self.seg_size
+        if self.nseg * self.seg_size > (ix.LOC_MASK + 1) * L.ALIGN:
+            raise ValueError(f"{path}: capacity {capacity} above the 32 TiB a device can address")
         if self.nseg < 2:
             raise ValueError(
                 f"{path}: capacity {capacity} too small, need at least {2 * self.seg_size + RESERVED} bytes"
