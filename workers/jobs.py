@@ -131,10 +131,11 @@ class DaskBackend:
             ): t
             for t in tasks
         }
-        try:
-            for f in as_completed(list(futures)):
-                done(futures[f], f.result())
-                f.release()
+        try:  # results are fetched concurrently by the client's event loop, handed over in batches
+            for batch in as_completed(list(futures), with_results=True).batches():
+                for f, part in batch:
+                    done(futures[f], part)
+                    f.release()
         finally:  # a no-op when all are done; otherwise Ctrl-C or a task's error
             self.client.cancel(list(futures))
 
