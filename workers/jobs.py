@@ -118,7 +118,7 @@ class DaskBackend:
             self.client.cancel(futures)
 
     def run(self, tasks: Sequence[Task], done: Callable[[Task, Partial], None]) -> None:
-        from distributed import as_completed
+        from distributed import KilledWorker, as_completed
 
         job = uuid.uuid4().hex[:8]
         futures = {
@@ -136,6 +136,10 @@ class DaskBackend:
                 for f, part in batch:
                     done(futures[f], part)
                     f.release()
+        except KilledWorker as e:  # the same task was running on 3 workers that died
+            raise OSError(
+                f"giving up on a task that was running on workers that died: {e}"
+            ) from None
         finally:  # a no-op when all are done; otherwise Ctrl-C or a task's error
             self.client.cancel(list(futures))
 
