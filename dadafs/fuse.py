@@ -179,10 +179,12 @@ class DadaFuse(pyfuse3.Operations):
         return True
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        # ENOSYS (not ENOATTR) makes the kernel stop asking for the mount's lifetime: `ls -l`
+        # would otherwise send two xattr requests per entry.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     # -- data ------------------------------------------------------------------------------------
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
