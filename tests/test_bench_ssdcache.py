@@ -331,11 +331,16 @@ def _serve(
 
 
 SERVE_CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("get + sendfile, verify every hit through mmap (default)", {"verify": "mmap"}, "get"),
-    ("get + sendfile, verify every hit through pread", {"verify": "pread"}, "get"),
-    ("get + sendfile, re-verify after 10 s (trust_seconds=10)", {"trust_seconds": 10.0}, "get"),
+    ("get + sendfile, verify every hit through pread (default)", {"verify": "pread"}, "get"),
+    ("get + sendfile, verify every hit through mmap", {"verify": "mmap"}, "get"),
+    (
+        "get + sendfile, pread, re-verify after 10 s (trust_seconds=10)",
+        {"trust_seconds": 10.0},
+        "get",
+    ),
     ("lookup + sendfile, never verify (reference)", {}, RAW),
-    ("get + release only, no socket: the store's own cost", {}, NOSOCK),
+    ("get + release only, no socket, pread: the store's own cost", {}, NOSOCK),
+    ("get + release only, no socket, mmap", {"verify": "mmap"}, NOSOCK),
     ("get + release only, no socket, trust_seconds=10", {"trust_seconds": 10.0}, NOSOCK),
 ]
 

@@ -50,7 +50,7 @@ class Device:
         *,
         segment_size: int | None = None,
         policy: str = "clock",
-        verify: str = "mmap",
+        verify: str = "pread",
         trust_seconds: float = 0.0,
         log: logging.Logger,
     ) -> None:

@@ -67,7 +67,7 @@ class ChunkStore:
         *,
         log: logging.Logger | None = None,
         policy: str = "clock",
-        verify: str = "mmap",
+        verify: str = "pread",
         segment_size: int | None = None,
         trust_seconds: float = 0.0,
     ) -> None:
