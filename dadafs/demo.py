@@ -72,9 +72,10 @@ def _tiers(work: Path, export: Path) -> Iterator[tuple[Path, str, Path]]:
 
     def start(name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
         log = work / f"{name}.log"
-        p = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True
-        )
+        with open(log, "wb") as err:  # the child keeps its own descriptor
+            p = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+            )
         procs.append(p)
         return p, log
 
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
             log = work / f"{name}.log"
             if log.exists():
                 print(f"--- {name} log (last lines) ---", file=sys.stderr)
-                print("\n".join(log.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr)
+                print(
+                    "\n".join(log.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr
+                )
         raise
     finally:
         for name in ("origin", "proxy", "mount"):

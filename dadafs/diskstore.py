@@ -31,8 +31,8 @@ class DiskStore:
         await trio.to_thread.run_sync(self.engine.put, key, memoryview(data))
 
     def contains(self, key: bytes) -> bool:
-        """An index lookup under the engine's lock: no I/O, safe on the trio thread."""
-        return bool(self.engine.contains(key))
+        """An index lookup, never waiting on a device lock: safe on the trio thread."""
+        return bool(self.engine.contains(key, wait=False))  # a busy device lock: "no"
 
     def stats(self) -> dict[str, Any]:
         return {"kind": "ssd", **self.engine.stats()}

@@ -12,7 +12,7 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.I)
 
 
-class ConfigError(Exception):
+class ConfigError(ValueError):
     """Bad configuration: the daemon prints one line and exits non-zero."""
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +20,6 @@ import xxhash
 
 from . import layout as L
 from .device import Device
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.I)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-
-
-def parse_size(s: str) -> int:
-    """``"1.8T"``, ``"500G"``, ``"64M"``, ``"512MiB"``, ``"4096"`` -> bytes (binary units)."""
-    m = _SIZE_RE.match(s)
-    if not m:
-        raise ValueError(f"bad size {s!r} (examples: 4096, 64M, 500G, 1.8T)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 @dataclass(eq=False)
