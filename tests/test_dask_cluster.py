@@ -327,3 +327,18 @@ def test_supergrid_19x19_stitched(dask: Cluster, grid_scans: Path, tmp_path: Pat
         means.append(float(tile.mean()))
     assert all(np.diff(means) > 0), "tiles out of row order"
     print(f"19x19 super-grid on the cluster: {elapsed:.1f} s")
+
+
+def test_daemons_stop_on_sigterm_and_a_worker_exits_1_without_its_scheduler(
+    tmp_path: Path,
+) -> None:
+    """What systemd relies on: SIGTERM stops both with status 0; a worker that loses its
+    scheduler exits 1 (``Restart=on-failure`` restarts it) and says why."""
+    with cluster(tmp_path / "logs", workers=2) as c:
+        w1, w2 = c.procs.get("w1"), c.procs.get("w2")
+        assert c.procs.stop(w1, sig=signal.SIGTERM) == 0
+        assert c.procs.stop(c.scheduler, sig=signal.SIGTERM) == 0
+        wait_for(lambda: not w2.alive(), "the orphaned worker to exit", 60)
+        assert c.procs.stop(w2) == 1  # (stop: an intended exit, not a crash, for Procs)
+        assert "went away" in w2.log_tail(5)
+        assert "listening at tcp://127.0.0.1:" in c.scheduler.log.read_text()
