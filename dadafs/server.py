@@ -7,7 +7,8 @@ the protocol (garbage, an oversized frame, a failed handshake) loses its connect
 sends can affect other connections.
 
 Limits that bound a daemon's memory whatever peers send: a request header is at most
-``MAX_REQUEST_HEADER`` bytes and carries no payload; ``max_inflight`` requests per connection;
+``MAX_REQUEST_HEADER`` bytes and carries no payload; ``max_inflight`` requests per connection, of
+which at most ``MAX_READS_INFLIGHT`` reads (each holds a chunk);
 ``max_connections`` connections (more are closed at once); an unauthenticated peer is dropped
 after the handshake timeout. A request whose arguments are malformed gets EINVAL; an unexpected
 exception while serving one request is logged and answered with EIO, never taking the daemon down.
@@ -33,6 +34,7 @@ log = logging.getLogger("dadafs.server")
 
 MAX_REQUEST_HEADER = 64 * 1024
 MAX_INFLIGHT = 128
+MAX_READS_INFLIGHT = 16  # reads hold a chunk each: this bounds a connection's buffers to 16 MiB
 MAX_CONNECTIONS = 1024
 _MAX_VERSION_FIELD = 1 << 63
 _MAX_INDEX = 1 << 40
@@ -108,12 +110,13 @@ class Server:
                 return
             log.debug("peer %s authenticated", ch.peer)
             limit = trio.Semaphore(self.max_inflight)
+            reads = trio.Semaphore(MAX_READS_INFLIGHT)
             async with trio.open_nursery() as nursery:
                 try:
                     while True:
                         header, _ = await ch.recv_frame()
                         await limit.acquire()
-                        nursery.start_soon(self._request, ch, header, limit)
+                        nursery.start_soon(self._request, ch, header, limit, reads)
                 except ProtocolError as e:
                     self.counters["protocol_errors"] += 1
                     log.warning("dropped %s: %s", ch.peer, e)
@@ -129,12 +132,18 @@ class Server:
             self.counters["connections_open"] -= 1
             ch.close()
 
-    async def _request(self, ch: Channel, h: dict[str, Any], limit: trio.Semaphore) -> None:
+    async def _request(
+        self, ch: Channel, h: dict[str, Any], limit: trio.Semaphore, reads: trio.Semaphore
+    ) -> None:
         try:
             rid = h.get("id")
             self.counters["requests"] += 1
             try:
-                await self._dispatch(ch, rid, h)
+                if h.get("op") == "read":
+                    async with reads:
+                        await self._dispatch(ch, rid, h)
+                else:
+                    await self._dispatch(ch, rid, h)
             except FsError as e:
                 await ch.send_frame({"id": rid, "e": e.errno or errno.EIO})
             except (ProtocolError, TypeError, ValueError, KeyError) as e:
