@@ -201,6 +201,9 @@ class CacheSource:
         self._prefetch_slots = trio.Semaphore(32)
         self.persist_meta = persist_meta
         self.stale_after = stale_after  # with a stale answer at hand, wait no longer upstream
+        # After a stale fallback, answer from stale data at once for this long, then probe again.
+        self.offline_probe = 5.0
+        self._offline_until = 0.0
         self.counters = {
             "hits": 0,
             "misses": 0,
@@ -229,6 +232,9 @@ class CacheSource:
         stale = self.meta.stale(kind, path)
         if stale is None:
             stale = await self._load_meta(kind, path)
+        if stale is not None and trio.current_time() < self._offline_until:
+            self.counters["stale_served"] += 1  # upstream just failed: don't wait on it again
+            return stale
         try:
             if stale is None:
                 value = await fetch(path)
@@ -243,9 +249,11 @@ class CacheSource:
                 value = e  # negative entries are cached too
             elif e.errno in _HOST_ERRNOS and stale is not None:
                 self.counters["stale_served"] += 1
+                self._offline_until = trio.current_time() + self.offline_probe
                 return stale
             else:
                 raise
+        self._offline_until = 0.0
         self.meta.put(kind, path, value)
         await self._save_meta(kind, path, value)
         return value
