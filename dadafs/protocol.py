@@ -6,8 +6,8 @@ server can ``sendfile(2)`` a chunk straight from a file and a client can ``recv_
 preallocated buffer.
 
 Requests: ``{"id": int, "op": str, ...args}``. Replies: ``{"id": int, "r": result}``, or
-``{"id": int, "e": errno}`` for an error of the file, or ``{"id": int, "n": len}`` + data for
-``read``. Many requests may be in flight on one connection; replies come in any order.
+``{"id": int, "e": errno}`` for an error of the file, or ``{"id": int, "n": len, "x": xxh3}`` +
+data for ``read`` (``x``, the chunk's xxh3-128, whenever the server knows it; clients check it). Many requests may be in flight on one connection; replies come in any order.
 
 Concurrency: one task reads a :class:`Channel`; any number of tasks may send, serialised by the
 channel's send lock, so a header and its payload are always adjacent on the wire.

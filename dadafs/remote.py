@@ -11,6 +11,10 @@ reply) never cause failover. A failed host is skipped for ``reset_interval`` sec
 requests try it again (so traffic returns to the preferred group). When every host is down, a
 request keeps retrying until ``timeout`` after it began and then fails with EIO: it never hangs.
 
+Integrity: a read reply carries the xxh3-128 of its chunk (``"x"``) whenever the upstream knows it
+(always for data it sends from memory; for zero-copy hits when its store records the digest).
+A chunk that does not match is a host failure: it is never returned, and the request is retried.
+
 Stall detection: while requests wait on a connection, a watchdog looks every ``stall_timeout``
 seconds at how many bytes arrived; below ``min_rate`` bytes/s it sends a ``ping``. A peer that is
 only slow to answer (its own upstream is slow) answers the ping at once; a dead link, a hung peer
@@ -34,7 +38,7 @@ from typing import Any
 import trio
 
 from .protocol import Channel, ProtocolError, client_handshake
-from .source import CHUNK_SIZE, Attr, Buf, FsError, Version
+from .source import CHUNK_SIZE, Attr, Buf, FsError, Version, checksum
 from .spec import Spec, format_spec
 
 log = logging.getLogger("dadafs.remote")
@@ -191,7 +195,7 @@ class RemoteSource:
         self.stall_timeout = stall_timeout
         self.min_rate = min_rate
         self.ssl_context = ssl_context
-        self.counters = {"failovers": 0, "eio_timeouts": 0}
+        self.counters = {"failovers": 0, "eio_timeouts": 0, "checksum_failures": 0}
         self.down_since: float | None = None  # when a request last failed with all hosts down
 
     async def _connect(self, ep: _Endpoint) -> _Conn:
@@ -293,6 +297,12 @@ class RemoteSource:
                         continue
                     raise FsError(err)
                 if payload is not None:
+                    digest = reply.get("x")
+                    if digest is not None and checksum(payload) != digest:
+                        # Bytes damaged between the upstream's store and us: never pass them on.
+                        self.counters["checksum_failures"] += 1
+                        self._mark_down(ep, HostError(f"{ep.name}: chunk checksum mismatch"))
+                        continue
                     ep.counters["bytes"] += len(payload)
                 return reply, payload
             if eio:

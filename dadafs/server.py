@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from .protocol import HANDSHAKE_TIMEOUT, AuthError, Channel, ProtocolError, server_handshake
-from .source import FsError, Source
+from .source import FsError, Source, checksum
 from .util import ConfigError
 
 log = logging.getLogger("dadafs.server")
@@ -179,11 +179,15 @@ class Server:
             ref_fn = getattr(self.source, "read_chunk_ref", None)
             res = await (ref_fn or self.source.read_chunk)(path, ver, index)
             if isinstance(res, bytes | bytearray):
-                await ch.send_frame({"id": rid}, res)
+                await ch.send_frame({"id": rid, "x": checksum(res)}, res)
                 self.counters["bytes_sent"] += len(res)
                 return
+            header: dict[str, Any] = {"id": rid}
+            digest = getattr(res, "digest", None)  # a store that keeps the chunk's xxh3 has it
+            if isinstance(digest, bytes):
+                header["x"] = digest
             try:  # a pinned region of a cache file: zero-copy sendfile
-                await ch.send_frame_file({"id": rid}, res.fd, res.offset, res.length)
+                await ch.send_frame_file(header, res.fd, res.offset, res.length)
                 self.counters["bytes_sent"] += res.length
             finally:
                 res.release()

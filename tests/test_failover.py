@@ -25,7 +25,7 @@ from dadafs.local import LocalSource
 from dadafs.protocol import VERSION
 from dadafs.remote import RemoteSource
 from dadafs.server import Server
-from dadafs.source import CHUNK_SIZE, FsError
+from dadafs.source import CHUNK_SIZE, FsError, checksum
 from dadafs.spec import parse_spec
 from tests.conftest import pattern
 
@@ -388,6 +388,34 @@ def test_handshake_fields_are_checked_by_the_client(export: Path) -> None:
                     await r.stat(b"/data/file.bin")
                 assert e.value.errno == errno.EIO
                 assert "authentication" in state(r, other.addr)["last_error"]
+            n.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_damaged_chunk_is_never_returned(export: Path) -> None:
+    """A chunk whose bytes do not match the checksum in its reply is a host failure."""
+    good_bytes = (export / "file.bin").read_bytes()[:CHUNK_SIZE]
+
+    async def damaging(stream: trio.SocketStream) -> None:
+        _, frame = await _fake_server_handshake(stream)
+        while True:
+            h = await frame()
+            bad = bytearray(good_bytes)
+            bad[12345] ^= 0x40  # one flipped bit
+            raw = msgpack.packb({"id": h["id"], "n": len(bad), "x": checksum(good_bytes)})
+            await stream.send_all(struct.pack(">I", len(raw)) + raw + bytes(bad))
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            bad = await _raw_listener(n, damaging)
+            good = await Tier(n, LocalSource({b"data": export})).start()
+            version = (export / "file.bin").stat()
+            v = (version.st_ino, version.st_size, version.st_mtime_ns)
+            async with remote(f"127.0.0.1:{bad};{good.addr}") as r:
+                assert bytes(await r.read_chunk(b"/data/file.bin", v, 0)) == good_bytes
+                assert r.stats()["checksum_failures"] == 1
+                assert "checksum" in state(r, f"127.0.0.1:{bad}")["last_error"]
             n.cancel_scope.cancel()
 
     run(main)
