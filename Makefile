@@ -74,3 +74,9 @@ test-provisioning-slow: setup ansible-collections
 .PHONY: bench-client
 bench-client: setup
 	$(PY) -m pytest -m bench -s tests/test_bench_client.py tests/test_bench_client_scale.py $(PYTEST_OPTS)
+
+# A diskless qemu node boots from a control environment built by the playbooks and computes
+# a `dada stxm` request (issue 9). Roots and wheels stay in build/e2e (remove it to rebuild).
+.PHONY: e2e-boot
+e2e-boot: setup ansible-collections
+	DADAFS_E2E=1 $(PY) -m pytest -m slow -s tests/e2e/test_boot.py $(PYTEST_OPTS)
