@@ -27,7 +27,7 @@ from workers.synth import write_eiger_scan, write_repeated_scan
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eiger4m_bitshuffle.h5"
 TILES, TH, TV = 16, 8, 3  # 4x4 grid of 8x3-point scans
-ROUNDS = 3
+ROUNDS = 5
 
 
 def timed(fn: Callable[[], object], rounds: int = ROUNDS) -> list[float]:
@@ -54,26 +54,26 @@ def test_bench_dask(tmp_path: Path) -> None:
         write_eiger_scan(tiny_dir, f"t{k:03d}", 3, 2, shape=(16, 16), seed=k)
     tiny = make_grid([str(tiny_dir / "t{000..360}_master.h5")], {"horz": 3, "vert": 2}, "19x19")
 
-    def single_process() -> None:
-        for tile in grid.tiles:
-            engine.run(tile, threads=2)
+    def single_process(threads: int) -> Callable[[], object]:
+        return lambda: [engine.run(tile, threads=threads) for tile in grid.tiles]
 
-    single_process()  # page cache and JIT warm
+    single_process(2)()  # page cache and JIT warm
     load0 = os.getloadavg()[0]
-    with cluster(tmp_path / "logs", workers=1) as c:
-        backend = DaskBackend(c.client)
+    with cluster(tmp_path / "logs", workers=2) as c:
+        both = DaskBackend(c.client)
+        one_worker = DaskBackend(c.client, workers=[c.worker_address("w1")])
 
-        def on_cluster(g: Grid = grid, lines: int = 1) -> Callable[[], object]:
+        def on(backend: DaskBackend, g: Grid = grid, lines: int = 1) -> Callable[[], object]:
             return lambda: run_job(g, backend, None, lines_per_task=lines)
 
-        on_cluster()()  # warm the worker (plans, JIT)
-        one = timed(on_cluster())
-        c.add_worker("w2")
-        on_cluster()()
-        two, single = [], []
-        for _ in range(ROUNDS):  # side by side
-            two += timed(on_cluster(), 1)
-            single += timed(single_process, 1)
+        for _ in range(2):
+            on(both)()  # warm both workers (plans, JIT)
+        t: dict[str, list[float]] = {k: [] for k in ("one", "two", "single2", "single1")}
+        for _ in range(ROUNDS):  # side by side: every variant in every round
+            t["one"] += timed(on(one_worker), 1)
+            t["two"] += timed(on(both), 1)
+            t["single2"] += timed(single_process(2), 1)
+            t["single1"] += timed(single_process(1), 1)
 
         n_noop = 500
         noop: list[float] = []
@@ -82,27 +82,24 @@ def test_bench_dask(tmp_path: Path) -> None:
             c.client.gather([c.client.submit(tasks_run, pure=False) for _ in range(n_noop)])
             noop.append((time.perf_counter() - t0) / n_noop)
         tasks = 361
-        on_cluster(tiny, 2)()
-        tiny_cluster = [t / tasks for t in timed(on_cluster(tiny, 2))]
-        tiny_local = [
-            t / tasks for t in timed(lambda: run_job(tiny, LocalBackend(2), None, lines_per_task=2))
-        ]
+        on(both, tiny, 2)()
+        tiny_cluster, tiny_local = [], []
+        for _ in range(ROUNDS):
+            tiny_cluster += [x / tasks for x in timed(on(both, tiny, 2), 1)]
+            here = lambda: run_job(tiny, LocalBackend(2), None, lines_per_task=2)  # noqa: E731
+            tiny_local += [x / tasks for x in timed(here, 1)]
     load1 = os.getloadavg()[0]
 
     med = benchlib.median
-    fps1, fps2, fpss = frames / med(one), frames / med(two), frames / med(single)
+    fps = {k: frames / med(v) for k, v in t.items()}
+    labels = {
+        "one": "super-grid job, cluster, 1 worker process x 1 thread",
+        "two": "super-grid job, cluster, 2 worker processes x 1 thread",
+        "single2": "single-process engine (`engine.run` per scan), 2 threads, same data",
+        "single1": "single-process engine, 1 thread, same data",
+    }
     rows: list[list[object]] = [
-        ["super-grid job, cluster of 1 worker process x 1 thread", f"{fps1:.0f}", "1.00x"],
-        [
-            "super-grid job, cluster of 2 worker processes x 1 thread",
-            f"{fps2:.0f}",
-            f"{fps2 / fps1:.2f}x",
-        ],  # fmt: skip
-        [
-            "single-process engine (`engine.run` per scan, 2 threads), same data",
-            f"{fpss:.0f}",
-            f"{fpss / fps1:.2f}x",
-        ],  # fmt: skip
+        [labels[k], f"{fps[k]:.0f}", f"{fps[k] / fps['one']:.2f}x"] for k in labels
     ]
     overhead: list[list[object]] = [
         ["no-op Dask task (submit + gather, 500 at once)", f"{med(noop) * 1e3:.2f} ms"],
@@ -115,15 +112,15 @@ def test_bench_dask(tmp_path: Path) -> None:
     body = (
         f"A 4x4 super-grid of {TH}x{TV}-point scans of the real EigerX 4M frame (bitshuffle-LZ4, "
         f"repeated: {frames} frames, brightfield Itot), one task per scan line; medians of "
-        f"{ROUNDS} runs, the 2-worker and single-process runs alternated. The machine has "
-        f"{os.cpu_count()} cores shared with other work (load average {load0:.1f} before, "
-        f"{load1:.1f} after), so 2 workers can at best double 1.\n\n"
+        f"{ROUNDS} rounds, each running every variant in turn (1 worker: the tasks restricted "
+        f"to one of the two workers). The machine has {os.cpu_count()} cores shared with other "
+        f"work (load average {load0:.1f} before, {load1:.1f} after), so 2 workers can at best "
+        "double 1.\n\n"
         + benchlib.table(["what", "frames/s", "vs 1 worker"], rows)
-        + "\nScheduling overhead per task (median of "
-        f"{ROUNDS}); a real task (a line of 4M frames) takes 0.1-0.5 s:\n\n"
-        + benchlib.table(["what", "per task"], overhead)
+        + f"\nScheduling overhead per task (median of {ROUNDS}); a real task (a line of 4M "
+        "frames) takes 0.1-0.5 s:\n\n" + benchlib.table(["what", "per task"], overhead)
     )
     benchlib.write_section(
         "dask", "dada on Dask: workers, scheduling overhead, super-grid", "make bench", body
     )
-    assert fps2 > 0 and fpss > 0
+    assert all(v > 0 for v in fps.values())

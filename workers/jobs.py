@@ -102,9 +102,10 @@ class LocalBackend:
 class DaskBackend:
     """Tasks on a Dask cluster through ``client``; Ctrl-C or a failure cancels the job's tasks."""
 
-    def __init__(self, client: Any, batch: int = 64) -> None:
+    def __init__(self, client: Any, batch: int = 64, workers: list[str] | None = None) -> None:
         self.client = client
         self.batch = batch
+        self.workers = workers  # restrict the line tasks to these worker addresses (or names)
         self.where = f"the cluster at {client.scheduler.address}"
 
     def versions(self, requests: Sequence[Request]) -> list[str]:
@@ -128,6 +129,7 @@ class DaskBackend:
                 t.start,
                 t.stop,
                 key=f"dada-lines-{job}-{t.scan}-{t.start}-{t.stop}",
+                workers=self.workers,
             ): t
             for t in tasks
         }
