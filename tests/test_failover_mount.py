@@ -170,3 +170,25 @@ def test_mount_after_client_was_sigkilled_needs_no_cleanup(tmp_path: Path, procs
     assert "clearing a stale mount" in second.log.read_text()
     mounts = subprocess.run(["findmnt", "-n", "-o", "TARGET", str(mnt)], capture_output=True)
     assert mounts.stdout.decode().count(str(mnt)) == 1  # replaced, not stacked
+
+
+def test_proxy_fails_over_between_upstream_proxies(tmp_path: Path, procs: Procs) -> None:
+    """proxy -> proxy: an edge proxy with upstream ``b;c`` (two proxies over one origin)."""
+    export = tmp_path / "export"
+    digest = make_file(export / "scan.h5", 64 * MiB + 11, seed=10)
+    key = tiers.make_key(tmp_path / "key")
+    origin = tiers.start_origin(procs, key, {"data": export})
+    b = tiers.start_proxy(procs, key, origin, tmp_path / "cb", "1G", name="b")
+    c = tiers.start_proxy(procs, key, origin, tmp_path / "cc", "1G", name="c")
+    edge = tiers.start_proxy(procs, key, f"{b};{c}", tmp_path / "ce", "1G", name="edge")
+    mnt = tmp_path / "mnt"
+    tiers.mount(procs, key, edge, mnt)
+    got, worst = timed_read(
+        mnt / "data" / "scan.h5",
+        (16 * MiB, lambda: procs.stop(procs.get("b"), sig=signal.SIGKILL)),
+    )
+    assert got == digest
+    print(f"\nupstream proxy b SIGKILLed mid-read: longest pause {worst:.3f} s")
+    assert worst <= 2.0, f"reader paused {worst:.2f} s"
+    ups = {u["endpoint"]: u for u in tiers.stats(edge, key)["source"]["upstream"]["upstreams"]}
+    assert ups[b]["state"] == "down" and ups[c]["bytes"] > 0
