@@ -342,3 +342,33 @@ def test_daemons_stop_on_sigterm_and_a_worker_exits_1_without_its_scheduler(
         assert c.procs.stop(w2) == 1  # (stop: an intended exit, not a crash, for Procs)
         assert "went away" in w2.log_tail(5)
         assert "listening at tcp://127.0.0.1:" in c.scheduler.log.read_text()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/dev/fuse").exists(), reason="FUSE mounts need root"
+)
+def test_workers_read_a_supergrid_through_a_dadafs_mount(dask: Cluster, tmp_path: Path) -> None:
+    """As on the nodes: the workers open the scans under a dadafs mount (origin -> FUSE client
+    on loopback); the stitched map equals the engine's on the local files."""
+    from tests.harness.tiers import make_key, mount, start_origin
+
+    export = tmp_path / "export"
+    for k in range(4):
+        write_eiger_scan(export / "run", f"m{k}", 6, 4, shape=(40, 36), seed=k, flux=1e4 * (k + 1))
+    with Procs(tmp_path / "logs") as procs:
+        key = make_key(tmp_path / "key")
+        origin = start_origin(procs, key, {"beam": export})
+        mnt = tmp_path / "mnt"
+        mount(procs, key, origin, mnt)
+        out = tmp_path / "grid.json"
+        dada(
+            "stxm", str(mnt / "beam/run/m{0..3}_master.h5"), "--grid", "2x2", "--horz", "6",
+            "--vert", "4", "--format", "json", "-o", str(out), "--scheduler", dask.address,
+            "--no-result-cache",
+        )  # fmt: skip
+        got = load_json(out)
+    for k in range(4):
+        r, c = divmod(k, 2)
+        ref = api.stxm(str(export / f"run/m{k}_master.h5"), horz=6, vert=4)
+        for name, a in ref.maps.items():
+            np.testing.assert_array_equal(got[name][4 * r : 4 * r + 4, 6 * c : 6 * c + 6], a)

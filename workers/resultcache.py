@@ -75,7 +75,7 @@ class ResultCache:
         try:
             (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OSError(e.errno, f"result cache {self.dir}: {e.strerror}") from None
+            raise OSError(f"result cache {self.dir}: {e.strerror}") from None
         if not os.access(self.dir, os.W_OK | os.X_OK):
             raise PermissionError(f"result cache {self.dir}: not writable")
         self._total = self._scan_total()
