@@ -72,6 +72,7 @@ class Channel:
         self.sock = sock
         self.tls = tls
         self.received = 0  # bytes received so far: the remote side's stall detection reads it
+        self._sent_any = False  # bytes of the frame being sent have left (see _abandon_frame)
         self.max_header = max_header
         self.max_payload = max_payload
         self.send_lock = trio.Lock()
@@ -160,9 +161,14 @@ class Channel:
             header["n"] = len(payload)
         raw = msgpack.packb(header, use_bin_type=True)
         async with self.send_lock:
-            await self._send_all(_LEN.pack(len(raw)) + raw)
-            if payload:
-                await self._send_all(payload)
+            self._sent_any = False
+            try:
+                await self._send_all(_LEN.pack(len(raw)) + raw)
+                if payload:
+                    await self._send_all(payload)
+            except BaseException:
+                self._abandon_frame()
+                raise
 
     async def send_frame_file(self, header: dict[str, Any], fd: int, offset: int, n: int) -> None:
         """Send a header and ``n`` bytes of file ``fd`` from ``offset`` with zero-copy sendfile."""
@@ -173,30 +179,48 @@ class Channel:
             if len(data) != n:
                 raise OSError(errno.EIO, "file shorter than its cached length")
             async with self.send_lock:
-                await self._send_all(_LEN.pack(len(raw)) + raw)
-                await self._send_all(data)
+                self._sent_any = False
+                try:
+                    await self._send_all(_LEN.pack(len(raw)) + raw)
+                    await self._send_all(data)
+                except BaseException:
+                    self._abandon_frame()
+                    raise
             return
         async with self.send_lock:
-            await self._send_all(_LEN.pack(len(raw)) + raw)
-            sent = 0
-            out = self.sock.fileno()
-            while sent < n:
-                try:
-                    k = os.sendfile(out, fd, offset + sent, n - sent)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self.sock)
-                    continue
-                if k == 0:
-                    raise OSError(errno.EIO, "file shorter than its cached length")
-                sent += k
+            self._sent_any = False
+            try:
+                await self._send_all(_LEN.pack(len(raw)) + raw)
+                sent = 0
+                out = self.sock.fileno()
+                while sent < n:
+                    try:
+                        k = os.sendfile(out, fd, offset + sent, n - sent)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(self.sock)
+                        continue
+                    if k == 0:
+                        raise OSError(errno.EIO, "file shorter than its cached length")
+                    sent += k
+            except BaseException:
+                self._abandon_frame()
+                raise
+
+    def _abandon_frame(self) -> None:
+        """A frame was cut short (cancelled, or an error mid-send): whatever follows on this
+        stream would be read as part of it, so the connection is closed instead."""
+        if self._sent_any:
+            self.close()
 
     async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.tls is not None:
+            self._sent_any = True  # a cancelled TLS send_all leaves the stream broken anyway
             await self.tls.send_all(data)
             return
         view = memoryview(data)
         while view:
             k = await self.sock.send(view)
+            self._sent_any = True
             view = view[k:]
 
     def close(self) -> None:

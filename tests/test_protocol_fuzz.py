@@ -52,7 +52,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     keyfile = tiers.make_key(tmp / "key")
     with Procs(tmp / "logs") as procs:
         addr = tiers.start_origin(procs, keyfile, {"data": tmp / "export"})
-        yield Daemon(procs.get("origin"), addr, keyfile.read_bytes())
+        yield Daemon(procs.get("origin"), addr, auth.load_key(keyfile))  # as the daemon reads it
 
 
 def frame(h: Any) -> bytes:

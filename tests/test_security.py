@@ -127,7 +127,7 @@ def test_keys_never_appear_in_logs(tmp_path: Path, procs: Procs) -> None:
     export.mkdir()
     (export / "f").write_bytes(os.urandom(3 << 20))
     keyfile = tiers.make_key(tmp_path / "key")
-    key = keyfile.read_bytes()
+    key = auth.load_key(keyfile)  # the key as the daemons use it
     wrong = tiers.make_key(tmp_path / "wrong")
     origin = tiers.start_origin(procs, keyfile, {"data": export}, extra=("--debug",))
     proxy = tiers.start_proxy(procs, keyfile, origin, tmp_path / "c", "1G", extra=("--debug",))
