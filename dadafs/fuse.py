@@ -106,6 +106,10 @@ class DadaFuse(pyfuse3.Operations):
         except FsError as e:
             self.counters["errors"] += 1
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:  # a bug costs this request an EIO, never the mount
+            self.counters["errors"] += 1
+            log.exception("request failed")
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     # -- metadata --------------------------------------------------------------------------------
     async def lookup(
@@ -223,6 +227,10 @@ class DadaFuse(pyfuse3.Operations):
                     raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
                 self.cache.invalidate(h.path)
                 await self._refresh(h)
+            except Exception:  # a bug costs this read an EIO, never the mount
+                self.counters["errors"] += 1
+                log.exception("read of %r at %d failed", h.path, off)
+                raise pyfuse3.FUSEError(errno.EIO) from None
         self.counters["bytes_read"] += len(data)
         return data
 
@@ -231,7 +239,8 @@ class DadaFuse(pyfuse3.Operations):
         if attr.version != h.attr.version:
             h.attr = attr
             h.ahead_upto = -1
-            self._last_version[h.path] = attr.version
+            # The page cache may hold pages of the old version: the next open must drop them.
+            self._last_version.pop(h.path, None)
 
     async def _read(self, h: _Handle, off: int, size: int) -> bytes:
         attr = h.attr
@@ -245,13 +254,19 @@ class DadaFuse(pyfuse3.Operations):
             base = first * CHUNK_SIZE
             return bytes(memoryview(chunk)[off - base : end - base])
         parts: list[Buf] = [b""] * (last - first + 1)
+        errors: list[FsError] = []
 
         async def one(i: int) -> None:
-            parts[i - first] = await self.cache.read_chunk(h.path, attr.version, i)
+            try:
+                parts[i - first] = await self.cache.read_chunk(h.path, attr.version, i)
+            except FsError as e:  # several may fail: report one, never an ExceptionGroup
+                errors.append(e)
 
         async with trio.open_nursery() as n:
             for i in range(first, last + 1):
                 n.start_soon(one, i)
+        if errors:
+            raise errors[0]
         joined = b"".join(parts)
         base = first * CHUNK_SIZE
         return joined[off - base : end - base]

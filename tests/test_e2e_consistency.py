@@ -99,3 +99,30 @@ def test_served_with_origin_stopped_also_after_proxy_restart(tmp_path: Path, pro
     )
     for rel, data in files.items():
         assert (tmp_path / "mnt3" / "data" / rel).read_bytes() == data
+
+
+def test_failed_read_across_chunks_is_eio_and_the_mount_lives(tmp_path: Path, procs: Procs) -> None:
+    """Both chunks of a read spanning a chunk edge fail (origin gone): EIO, and the mount stays."""
+    from tests.harness.tiers import make_key, mount, start_origin, start_proxy
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "f.bin").write_bytes(pattern(3 << 20, 5))
+    key = make_key(tmp_path / "k")
+    origin = start_origin(procs, key, {"data": export})
+    proxy = start_proxy(procs, key, origin, tmp_path / "cache", "64M", extra=("--timeout", "1"))
+    mnt = tmp_path / "mnt"
+    mount(procs, key, proxy, mnt, extra=("--direct-io", "--meta-ttl", "30"))
+    fd = os.open(mnt / "data" / "f.bin", os.O_RDONLY)  # attributes known, no data read yet
+    try:
+        procs.stop(procs.get("origin"))
+        try:
+            os.pread(fd, 2 << 20, (1 << 20) - 100)  # spans chunks 0, 1 and 2
+            raise AssertionError("read succeeded with the origin gone")
+        except OSError as e:
+            assert e.errno == 5, e
+    finally:
+        os.close(fd)
+    # Still mounted and answering (a dead mount would give ENOTCONN here).
+    assert os.path.ismount(mnt)
+    assert (mnt / "data" / "f.bin").stat().st_size == 3 << 20
