@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers import api, engine
+from workers import api, engine, output
 from workers.jobs import JobReport, LocalBackend, run_job, split_lines
 from workers.request import BadParameter, parse_request
 from workers.resultcache import ResultCache, parse_size
@@ -160,7 +160,7 @@ def test_specs_ranges_globs_grid(scans: list[Path]) -> None:
         make_grid([f"{scans[0]}?vert={V}", f"{scans[1]}?vert=4"], {"horz": H}, "2x1")
 
 
-def test_grid_stitched_with_nan_for_missing_tiles(scans: list[Path]) -> None:
+def test_grid_stitched_with_nan_for_missing_tiles(scans: list[Path], tmp_path: Path) -> None:
     grid = make_grid([str(s) for s in scans[:3]], {"horz": H, "vert": V, "signal": "Itot"}, "2x2")
     res = run_job(grid, LocalBackend(2), None, lines_per_task=3)
     assert res["Itot"].shape == (2 * V, 2 * H)
@@ -169,4 +169,9 @@ def test_grid_stitched_with_nan_for_missing_tiles(scans: list[Path]) -> None:
         ref = api.stxm(str(scans[k]), horz=H, vert=V, signal="Itot")["Itot"]
         np.testing.assert_array_equal(res["Itot"][r * V : (r + 1) * V, c * H : (c + 1) * H], ref)
     assert np.isnan(res["Itot"][V:, H:]).all()
-    assert res.request.canonical().startswith("grid=2x2\n")
+    assert res.request.canonical().startswith(f"grid=2x2 | {grid.tiles[0].canonical()} | ")
+    output.write(res, "Itot", "ascii", tmp_path / "grid.txt")  # the writers take a grid too
+    text = (tmp_path / "grid.txt").read_text().splitlines()
+    header = [line for line in text if line.startswith("#")]
+    assert header[0] == f"# request {res.request.canonical()}"
+    assert len(text) - len(header) == 2 * V

@@ -317,7 +317,7 @@ def test_supergrid_19x19_stitched(dask: Cluster, grid_scans: Path, tmp_path: Pat
         got = t.asarray()
         meta = json.loads(getattr(t.pages[0], "description", ""))
     assert got.shape == (38, 57)
-    assert meta["request"].startswith("grid=19x19\n")
+    assert meta["request"].startswith("grid=19x19 | ")
     means = []
     for k in range(361):
         r, c = divmod(k, 19)

@@ -9,8 +9,9 @@ the last tiles NaN (a grid still being measured); more is an error. Every scan g
 flags; a spec's own ``?query`` may still set its own ``first`` (or any parameter), but all tiles
 must agree on ``horz``, ``vert``, the algorithm, the signals and the shape of extra axes.
 
-The grid's canonical text is ``grid=COLSxROWS`` and the tiles' canonical requests, one per line:
-it is what output files record as their request.
+The grid's canonical text is ``grid=COLSxROWS`` and the tiles' canonical requests, joined by
+`` | `` on one line (so the ``#`` header of ascii output stays one line): it is what output
+files record as their request.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Grid:
         return self.tiles[0].signals
 
     def canonical(self) -> str:
-        return "\n".join([f"grid={self.cols}x{self.rows}", *(t.canonical() for t in self.tiles)])
+        return " | ".join([f"grid={self.cols}x{self.rows}", *(t.canonical() for t in self.tiles)])
 
     def key(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:32]
