@@ -372,3 +372,15 @@ def test_workers_read_a_supergrid_through_a_dadafs_mount(dask: Cluster, tmp_path
         ref = api.stxm(str(export / f"run/m{k}_master.h5"), horz=6, vert=4)
         for name, a in ref.maps.items():
             np.testing.assert_array_equal(got[name][4 * r : 4 * r + 4, 6 * c : 6 * c + 6], a)
+
+
+def test_a_failing_task_is_one_line_error_and_leaves_no_tasks(dask: Cluster, scan: Path) -> None:
+    r = dada(
+        "stxm", str(scan), "--horz", str(H), "--vert", str(V + 3), "--format", "json",
+        "-o", "/dev/null", "--scheduler", dask.address, "--no-result-cache",
+        ok=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.startswith("dada stxm: error: scan ") and "needs frames up to" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    wait_for(lambda: dask.scheduler_tasks() == 0, "the scheduler to drop the job's tasks", 20)
