@@ -163,9 +163,10 @@ def test_distributed_equals_local(
     r = dada(
         "stxm", str(scan), "--horz", str(H), "--vert", str(V), *flags, "--format", "json",
         "-o", str(out), "--scheduler", dask.address, "--no-result-cache",
-        "--lines-per-task", "3", "-v",
+        "--lines-per-task", "3", "-v", "--progress",
     )  # fmt: skip
     assert report(r.stderr)["tasks"] == 6  # ceil(16 / 3)
+    assert f"{H * V}/{H * V}" in r.stderr  # the progress bar (points) went all the way
     assert dask.tasks_run() - before == 6  # ... and the workers ran them
     ref = api.stxm(str(scan), horz=H, vert=V, **params)
     got = load_json(out)
