@@ -173,25 +173,26 @@ class Device:
             return bytes(self._mv[off : off + n])
         return self._read(off, n)
 
-    def _verified(self, loc: int, key: bytes, length: int) -> bool:
-        """Whether the record at ``loc`` is ``key``'s, whole, and its bytes match their xxh3."""
+    def _verified(self, loc: int, key: bytes, length: int) -> bytes | None:
+        """The record's xxh3 if the record at ``loc`` is ``key``'s, whole, and its bytes match
+        it; None otherwise."""
         mv = self._mv
         if mv is not None:
             hdr = L.unpack_header(mv[loc : loc + L.HEADER_SIZE])
             if hdr is None or hdr.key != key or hdr.length != length:
-                return False
+                return None
             data = mv[loc + L.HEADER_SIZE : loc + L.HEADER_SIZE + length]
-            return checksum(data) == hdr.digest
+            return hdr.digest if checksum(data) == hdr.digest else None
         buf = getattr(self._tls, "buf", None)
         if buf is None:
             buf = self._tls.buf = bytearray(L.HEADER_SIZE + L.MAX_DATA)
         view = memoryview(buf)[: L.HEADER_SIZE + length]
         if os.preadv(self.fd, [view], loc) != len(view):
-            return False
+            return None
         hdr = L.unpack_header(view[: L.HEADER_SIZE])
         if hdr is None or hdr.key != key or hdr.length != length:
-            return False
-        return checksum(view[L.HEADER_SIZE :]) == hdr.digest
+            return None
+        return hdr.digest if checksum(view[L.HEADER_SIZE :]) == hdr.digest else None
 
     # ---- failure ---------------------------------------------------------------------------
 
@@ -258,18 +259,18 @@ class Device:
             self._epoch_t = now
             self.index.clear_bits(ix.VERIFIED_BIT[self._epoch])
 
-    def verify_pinned(self, key: bytes, seg: int, loc: int, length: int) -> bool:
-        """Check a pinned record; a bad one is dropped, counted and unpinned."""
+    def verify_pinned(self, key: bytes, seg: int, loc: int, length: int) -> bytes | None:
+        """Check a pinned record and return its xxh3; a bad one is dropped, counted, unpinned."""
         try:
             good = self._verified(loc, key, length)
         except OSError as e:
             self.unpin(seg)
             self._fail(e, "read")
-            return False
+            return None
         except (ValueError, TypeError):  # mapping closed by a concurrent close(): a miss
             self.unpin(seg)
-            return False
-        if good:
+            return None
+        if good is not None:
             if self.trust_seconds > 0:
                 with self.lock:
                     slot = self.index.find(*ix.split_key(key))
@@ -277,7 +278,7 @@ class Device:
                         meta = self.index.meta(slot)
                         if ix.meta_loc(meta) * L.ALIGN == loc:
                             self.index.set_meta(slot, meta | ix.VERIFIED_BIT[self._epoch])
-            return True
+            return good
         with self.lock:
             self.c["hits"] -= 1
             self.c["misses"] += 1
@@ -287,7 +288,7 @@ class Device:
             "cache %s: bad record for key %s at %d, dropped", self.path, key.hex(), loc
         )
         self.unpin(seg)
-        return False
+        return None
 
     def unpin(self, seg: int) -> None:
         with self.lock:

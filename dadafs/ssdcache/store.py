@@ -35,6 +35,7 @@ class ChunkRef:
     length: int
     _device: Device | None = field(default=None, repr=False)
     _seg: int = field(default=-1, repr=False)
+    digest: bytes | None = None  # the record's xxh3 (None for a trusted, unverified hit)
 
     def release(self) -> None:
         dev, self._device = self._device, None
@@ -105,9 +106,12 @@ class ChunkStore:
         if found is None:
             return None
         seg, loc, length, trusted = found
-        if not trusted and not dev.verify_pinned(key, seg, loc, length):
-            return None
-        return ChunkRef(dev.fd, loc + L.HEADER_SIZE, length, dev, seg)
+        digest = None
+        if not trusted:
+            digest = dev.verify_pinned(key, seg, loc, length)
+            if digest is None:
+                return None
+        return ChunkRef(dev.fd, loc + L.HEADER_SIZE, length, dev, seg, digest)
 
     def read(self, key: bytes) -> bytes | None:
         ref = self.get(key)
