@@ -201,8 +201,10 @@ def _stats(args: argparse.Namespace) -> None:
     from .stats import fetch_stats
 
     try:
+        from .tls import client_context
+
         key = load_key(args.secret_file or C.DEFAULT_KEY)
-        data = trio.run(fetch_stats, args.addr, key)
+        data = trio.run(fetch_stats, args.addr, key, 10.0, client_context(args.tls_ca or ""))
     except ConfigError as e:
         fail("dadafs stats", str(e))
     json.dump(data, sys.stdout, indent=None if args.compact else 2, sort_keys=True)
@@ -245,6 +247,7 @@ def dadafs_main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("stats", help="print a running daemon's counters as JSON")
     s.add_argument("--secret-file", help=f"shared key (default {C.DEFAULT_KEY})")
     s.add_argument("--compact", action="store_true", help="one line")
+    s.add_argument("--tls-ca", help="CA certificate, for a daemon that serves TLS")
     s.add_argument("addr", help="HOST:PORT of a dadafsd or dadafsp")
     s.set_defaults(fn=_stats)
     k = sub.add_parser("keygen", help="write a new shared key file (mode 0600)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import os
 import shutil
 import socket
@@ -193,6 +194,13 @@ def test_tls_between_all_tiers(tmp_path: Path, procs: Procs) -> None:
     mnt = tmp_path / "mnt"
     tiers.mount(procs, key, proxy, mnt, extra=("--config", str(ctoml)))
     assert (mnt / "data" / "f").read_bytes() == data
+    # `dadafs stats` speaks TLS to a TLS daemon when given the CA.
+    out = subprocess.run(
+        [str(tiers.BIN / "dadafs"), "stats", "--compact", "--secret-file", str(key),
+         "--tls-ca", str(certs["ca.pem"]), proxy],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert json.loads(out)["source"]["bytes_served"] >= len(data)
 
     # A plain-TCP peer gets no dadafs frame from a TLS server: a TLS alert record (0x15) or a close.
     host, port = proxy.rsplit(":", 1)

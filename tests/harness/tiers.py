@@ -25,8 +25,8 @@ BIN = Path(sys.executable).parent
 def make_key(path: Path) -> Path:
     """A fresh 32-byte shared key, mode 0600 (the daemons refuse keys others can read)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(32))
+    with os.fdopen(fd, "w") as f:  # hex text, as `dadafs keygen` writes it (load_key strips)
+        f.write(os.urandom(32).hex() + "\n")
     return path
 
 
