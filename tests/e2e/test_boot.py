@@ -157,7 +157,10 @@ class ControlNode:
         """Run a shell script in the namespace, in a private mount namespace chrooted into
         the control root: $R is the root."""
         wrapper = (
-            'set -e; R="$0"; mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"; '
+            # The root is a mount point, as on a machine (nfs-ganesha looks up the file
+            # system of its export in /proc/self/mounts).
+            'set -e; R="$0"; mount --bind "$R" "$R"; mount -t proc proc "$R/proc"; '
+            'mount --rbind /dev "$R/dev"; '
             'mount -t tmpfs tmpfs "$R/run"; ' + script
         )
         log = (self.log_dir / f"{name}.log").open("wb")
