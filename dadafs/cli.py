@@ -13,11 +13,12 @@ from typing import Any
 import trio
 
 from . import config as C
-from .util import ConfigError, fail, parse_size, setup_logging
+from .util import ConfigError, fail, parse_size, setup_logging, tune_malloc
 
 
 def _run(prog: str, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
     """Run a daemon; configuration errors become one line and exit status 2."""
+    tune_malloc()
     try:
         trio.run(fn, *args)
     except ConfigError as e:

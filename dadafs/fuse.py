@@ -210,7 +210,8 @@ class DadaFuse(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         self.handles.pop(fh, None)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3's stub says bytes; its fuse_read_async takes any buffer (PyObject_GetBuffer).
+    async def read(self, fh: int, off: int, size: int) -> Buf | memoryview:  # type: ignore[override]
         h = self.handles.get(fh)
         if not isinstance(h, _Handle):
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -242,7 +243,9 @@ class DadaFuse(pyfuse3.Operations):
             # The page cache may hold pages of the old version: the next open must drop them.
             self._last_version.pop(h.path, None)
 
-    async def _read(self, h: _Handle, off: int, size: int) -> bytes:
+    async def _read(self, h: _Handle, off: int, size: int) -> Buf | memoryview:
+        """The bytes of [off, off+size) of the handle's version. Returns views, not copies:
+        pyfuse3 hands any buffer to the kernel, and cached chunks are never modified."""
         attr = h.attr
         end = min(off + size, attr.size)
         if off >= end:
@@ -252,7 +255,7 @@ class DadaFuse(pyfuse3.Operations):
         if first == last:
             chunk = await self.cache.read_chunk(h.path, attr.version, first)
             base = first * CHUNK_SIZE
-            return bytes(memoryview(chunk)[off - base : end - base])
+            return memoryview(chunk)[off - base : end - base]
         parts: list[Buf] = [b""] * (last - first + 1)
         errors: list[FsError] = []
 
@@ -267,9 +270,8 @@ class DadaFuse(pyfuse3.Operations):
                 n.start_soon(one, i)
         if errors:
             raise errors[0]
-        joined = b"".join(parts)
         base = first * CHUNK_SIZE
-        return joined[off - base : end - base]
+        return memoryview(b"".join(parts))[off - base : end - base]
 
     def _readahead(self, h: _Handle, off: int, end: int, last: int) -> None:
         """Sequential reads grow a window of chunks fetched ahead; a seek drops it.

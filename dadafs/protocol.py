@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import struct
+import termios
 from typing import Any
 
 import msgpack
@@ -47,7 +49,7 @@ class AuthError(ProtocolError):
     """The peer does not know the shared key."""
 
 
-_LOWAT = 128 * 1024  # at the stall detector's min_rate (128 KiB/s) this is 1 s of data
+_LOWAT = 64 * 1024  # payloads above this are received with SO_RCVLOWAT set to what is missing
 _SOCK_BUF = 4 << 20
 
 
@@ -123,25 +125,35 @@ class Channel:
             raise ProtocolError(f"payload of {n!r} bytes (limit {self.max_payload})")
         payload = bytearray(n)
         have = min(n, self._end - self._start)
-        payload[:have] = self._buf[self._start : self._start + have]
+        payload[:have] = memoryview(self._buf)[self._start : self._start + have]  # one copy
         self._start += have
         view = memoryview(payload)
         pos = have
+        # Wake up once when the rest of the payload is there, not once per TCP segment. Bytes the
+        # kernel holds back meanwhile still count as progress for stall detection (progress()).
         lowat = self.tls is None and n - pos > _LOWAT
-        if lowat:  # wake up once per large piece, not once per TCP segment
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, _LOWAT)
         try:
             while pos < n:
+                if lowat:
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n - pos)
                 got = await self._recv_into(view[pos:])
                 if not got:
                     raise EOFError("connection closed by peer in a payload")
                 pos += got
-                if lowat and n - pos < _LOWAT:
-                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, n - pos))
         finally:
             if lowat:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         return header, payload
+
+    def progress(self) -> int:
+        """Bytes received so far, counting those the kernel holds for us (SO_RCVLOWAT)."""
+        if self.tls is not None:
+            return self.received
+        try:
+            raw = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):  # closed meanwhile (fileno -1)
+            return self.received
+        return self.received + int(struct.unpack("i", raw)[0])
 
     async def _recv_into(self, view: memoryview) -> int:
         if self.tls is None:

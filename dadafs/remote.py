@@ -90,10 +90,11 @@ class _Conn:
 
     async def watchdog(self, window: float, min_rate: float) -> None:
         """Fail the connection when requests wait and neither data nor a ping reply arrive."""
-        last = self.ch.received
+        last = self.ch.progress()
         while self.dead is None:
             await trio.sleep(window)
-            got, last = self.ch.received - last, self.ch.received
+            now = self.ch.progress()
+            got, last = now - last, now
             if not self.pending or got >= min_rate * window:
                 continue
             ping = _Reply()
@@ -112,7 +113,7 @@ class _Conn:
                     HostError(f"stalled: {got} bytes in {window:g} s and no answer to a ping")
                 )
                 return
-            last = self.ch.received
+            last = self.ch.progress()
 
     def _new_id(self) -> int:
         rid = self.next_id

@@ -96,3 +96,25 @@ def parse_hostport(
     if not port_s.isdigit() or not (0 if allow_zero else 1) <= int(port_s) < 65536:
         raise ConfigError(f"bad port in {text!r}")
     return host, int(port_s)
+
+
+def tune_malloc() -> None:
+    """Keep freed chunk-sized buffers in the heap for reuse.
+
+    Every chunk is a fresh 1 MiB buffer. glibc serves that size with mmap by default, so each one
+    costs 256 page faults and a zeroing by the kernel; with these thresholds freed buffers are
+    reused instead. Harmless where glibc (or mallopt) is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+        libc.mallopt(m_trim_threshold, 256 << 20)
+    except (OSError, AttributeError):
+        return
