@@ -210,14 +210,23 @@ class ControlNode:
 
 
 @pytest.fixture
-def control(tmp_path: Path) -> Iterator[ControlNode]:
-    node = ControlNode(tmp_path)
+def logs() -> Path:
+    """Logs of the last run (daemons, qemu, the node's console) stay in build/e2e/logs."""
+    path = BUILD / "logs"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture
+def control(logs: Path) -> Iterator[ControlNode]:
+    node = ControlNode(logs)
     try:
         node.up()
         yield node
     finally:
         node.down()
-        print(f"e2e: logs were in {tmp_path}", flush=True)
+        print(f"e2e: logs in {logs}", flush=True)
 
 
 def in_ns(ns: str, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -238,7 +247,7 @@ def scheduler_query(ns: str, code: str) -> str:
     return r.stdout
 
 
-def test_node_boots_and_computes(control: ControlNode, tmp_path: Path) -> None:
+def test_node_boots_and_computes(control: ControlNode, logs: Path, tmp_path: Path) -> None:
     t_all = time.monotonic()
     provision(control.tap)
     master = make_data()
@@ -272,23 +281,23 @@ def test_node_boots_and_computes(control: ControlNode, tmp_path: Path) -> None:
     control.wait_port(8786, timeout=120)
     t = step("control services up", t)
 
-    serial = tmp_path / "serial.log"
+    serial = logs / "serial.log"
     power_on = time.monotonic()
     control.procs["qemu"] = subprocess.Popen(
         [
-            "ip", "netns", "exec", control.ns, "qemu-system-x86_64", "-m", "2048", "-smp", "2",
+            "ip", "netns", "exec", control.ns, "qemu-system-x86_64", "-cpu", "max", "-m", "2048", "-smp", "2",
             "-display", "none", "-no-reboot", "-serial", f"file:{serial}",
             "-netdev", f"tap,id=n0,ifname={control.tap},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=n0,mac={NODE_MAC}", "-boot", "n",
         ],
-        stdout=(tmp_path / "qemu.log").open("wb"), stderr=subprocess.STDOUT,
+        stdout=(logs / "qemu.log").open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     worker = ""
     deadline = power_on + 900
     while time.monotonic() < deadline:
         if control.procs["qemu"].poll() is not None:
-            raise AssertionError(f"qemu exited: {(tmp_path / 'qemu.log').read_text()}")
+            raise AssertionError(f"qemu exited: {(logs / 'qemu.log').read_text()}")
         out = scheduler_query(control.ns, "print(*c.scheduler_info()['workers'])")
         worker = next((w for w in out.split() if NODE_IP in w), "")
         if worker:
@@ -300,6 +309,20 @@ def test_node_boots_and_computes(control: ControlNode, tmp_path: Path) -> None:
     registered = time.monotonic() - power_on
     print(f"e2e: power-on to registered worker: {registered:.1f} s", flush=True)
     t = step("node booted, worker registered", t)
+
+    # What the node's worker sees of the cluster namespace.
+    seen = scheduler_query(
+        control.ns,
+        "import os\n"
+        "def look(p):\n"
+        "    try:\n"
+        "        return sorted(os.listdir(p))\n"
+        "    except OSError as e:\n"
+        "        return repr(e)\n"
+        "print(c.run(look, '/mnt/dadafs'), c.run(look, '/mnt/dadafs/data'))",
+    )
+    print(f"e2e: the node sees {seen.strip()}", flush=True)
+    assert master.name in seen, f"the node does not see the data: {seen}"
 
     common = [
         "--horz", str(HORZ), "--vert", str(VERT), "--signal", "Itot,comh,comv",
