@@ -36,7 +36,7 @@ class ChunkStore(Protocol):
 
     async def get(self, key: bytes) -> Buf | None: ...
 
-    async def put(self, key: bytes, data: Buf) -> None: ...
+    async def put(self, key: bytes, data: Buf, digest: bytes | None = None) -> None: ...
 
     def contains(self, key: bytes) -> bool: ...
 
@@ -66,7 +66,8 @@ class RamStore:
         self._d.move_to_end(key)
         return data
 
-    async def put(self, key: bytes, data: Buf) -> None:
+    async def put(self, key: bytes, data: Buf, digest: bytes | None = None) -> None:
+        """Keep ``data``; ``digest`` is its xxh3 when already known (checked on receipt)."""
         if len(data) > self.capacity:
             return
         if key in self._d:
@@ -74,7 +75,7 @@ class RamStore:
         while self.used + len(data) > self.capacity and self._d:
             self._drop(next(iter(self._d)))
             self.counters["evictions"] += 1
-        self._d[key] = (data, checksum(data))
+        self._d[key] = (data, digest or checksum(data))
         self.used += len(data)
 
     def contains(self, key: bytes) -> bool:
@@ -302,9 +303,9 @@ class CacheSource:
             log.exception("chunk store lookup failed; treating it as a miss")
             return None
 
-    async def _store_put(self, key: bytes, data: Buf) -> None:
+    async def _store_put(self, key: bytes, data: Buf, digest: bytes | None = None) -> None:
         try:
-            await self.store.put(key, data)
+            await self.store.put(key, data, digest)
         except Exception:
             self.counters["store_errors"] += 1
             log.exception("chunk store write failed; the chunk is served uncached")
@@ -354,8 +355,12 @@ class CacheSource:
         fl = self._inflight[key] = _Inflight()
         self.counters["misses"] += 1
         try:
-            data = await self.upstream.read_chunk(path, version, index)
-            await self._store_put(key, data)
+            with_digest = getattr(self.upstream, "read_chunk_digest", None)
+            if with_digest is not None:  # the reply's checked digest: no second hash here
+                data, digest = await with_digest(path, version, index)
+            else:
+                data, digest = await self.upstream.read_chunk(path, version, index), None
+            await self._store_put(key, data, digest)
             fl.data = data
             return data
         except FsError as e:

@@ -27,7 +27,8 @@ class DiskStore:
         ref: ChunkRef | None = await trio.to_thread.run_sync(self.engine.get, key)
         return ref
 
-    async def put(self, key: bytes, data: Buf) -> None:
+    async def put(self, key: bytes, data: Buf, digest: bytes | None = None) -> None:
+        # The engine hashes the record itself as it writes it (its header carries the digest).
         await trio.to_thread.run_sync(self.engine.put, key, memoryview(data))
 
     def contains(self, key: bytes) -> bool:

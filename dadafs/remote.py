@@ -339,10 +339,18 @@ class RemoteSource:
         return dict(r["r"])
 
     async def read_chunk(self, path: bytes, version: Version, index: int) -> Buf:
-        _, payload = await self.call({"op": "read", "p": path, "v": list(version), "i": index})
+        return (await self.read_chunk_digest(path, version, index))[0]
+
+    async def read_chunk_digest(
+        self, path: bytes, version: Version, index: int
+    ) -> tuple[Buf, bytes | None]:
+        """The chunk and, when the upstream sent one, its xxh3-128 (already checked against the
+        bytes), so a cache can store it without hashing the chunk again."""
+        reply, payload = await self.call({"op": "read", "p": path, "v": list(version), "i": index})
         if payload is None:
             raise FsError(errno.EPROTO, "read reply without data")
-        return payload
+        digest = reply.get("x")
+        return payload, digest if isinstance(digest, bytes) else None
 
     async def remote_stats(self) -> dict[str, Any]:
         r, _ = await self.call({"op": "stats"})
