@@ -41,6 +41,7 @@ NAMESPACING = {
     "BindPaths",
     "BindReadOnlyPaths",
     "ProtectKernelTunables",
+    "ProtectKernelModules",
     "ProtectKernelLogs",
     "ProtectControlGroups",
     "ProtectProc",
