@@ -147,6 +147,9 @@ class _Meta:
             self.d.pop((kind, path), None)
 
 
+# Chunks fetched and still being written to the store (bounds the RAM this can take).
+_MAX_WRITING = 64
+
 # Errors that mean "upstream unreachable", not "the file says no": stale answers may stand in.
 _HOST_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ECONNREFUSED}
 
@@ -195,6 +198,7 @@ class CacheSource:
         self.store = store
         self.meta = _Meta(meta_ttl)
         self._inflight: dict[bytes, _Inflight] = {}
+        self._writing: dict[bytes, Buf] = {}  # fetched, on their way into the store
         # Cache-side prefetch (proxy): a read of chunk i+1 right after chunk i fetches ahead.
         self.prefetch_depth = prefetch if nursery is not None else 0
         self.nursery = nursery
@@ -310,10 +314,16 @@ class CacheSource:
             self.counters["store_errors"] += 1
             log.exception("chunk store write failed; the chunk is served uncached")
 
+    async def _put_behind(self, key: bytes, data: Buf, digest: bytes | None) -> None:
+        try:
+            await self._store_put(key, data, digest)
+        finally:
+            self._writing.pop(key, None)
+
     async def read_chunk(self, path: bytes, version: Version, index: int) -> Buf:
         key = chunk_key(path, version, index)
         self._maybe_prefetch(path, version, index)
-        data = await self._store_get(key)
+        data = self._writing.get(key) or await self._store_get(key)
         if data is not None:
             self.counters["hits"] += 1
         else:
@@ -329,6 +339,11 @@ class CacheSource:
             return await self.read_chunk(path, version, index)
         key = chunk_key(path, version, index)
         self._maybe_prefetch(path, version, index)
+        pending = self._writing.get(key)
+        if pending is not None:  # fetched a moment ago, still being written to the store
+            self.counters["hits"] += 1
+            self.counters["bytes_served"] += len(pending)
+            return pending
         try:
             ref = await get_ref(key)
         except Exception:
@@ -360,7 +375,12 @@ class CacheSource:
                 data, digest = await with_digest(path, version, index)
             else:
                 data, digest = await self.upstream.read_chunk(path, version, index), None
-            await self._store_put(key, data, digest)
+            if self.nursery is not None and len(self._writing) < _MAX_WRITING:
+                # Reply first, write to the store behind it; readers meanwhile find it here.
+                self._writing[key] = data
+                self.nursery.start_soon(self._put_behind, key, data, digest)
+            else:
+                await self._store_put(key, data, digest)
             fl.data = data
             return data
         except FsError as e:
@@ -398,7 +418,7 @@ class CacheSource:
 
         Errors are left to the real read."""
         key = chunk_key(path, version, index)
-        if key in self._inflight or self.store.contains(key):
+        if key in self._inflight or key in self._writing or self.store.contains(key):
             return False  # present (or coming): no need to read and verify it just to know
         self.counters["prefetched"] += 1
         try:
