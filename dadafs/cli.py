@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,19 @@ def _upstream_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(
-    cfg: Any, args: argparse.Namespace, default_config: Path, overrides: dict[str, Any]
-) -> Any:
+def _load(cfg: Any, args: argparse.Namespace, default_config: Path) -> Any:
+    """The config file, then every flag given (flags are named like the config keys)."""
     C.apply(cfg, C.load_toml(args.config, default_config), args.config or str(default_config))
-    C.apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    given = {f.name: getattr(args, f.name, None) for f in fields(cfg)}
+    C.apply(cfg, {k: v for k, v in given.items() if v is not None and v != []}, "command line")
     return cfg
+
+
+def _need_upstream(cfg: Any) -> None:
+    if not cfg.upstream:
+        raise ConfigError(
+            "no upstream configured (use --upstream SPEC or upstream = in the config)"
+        )
 
 
 def dadafsd_main(argv: list[str] | None = None) -> None:
@@ -85,17 +93,7 @@ def dadafsd_main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     try:
-        cfg = _load(
-            C.OriginConfig(),
-            args,
-            default,
-            {
-                "listen": args.listen,
-                "secret_file": args.secret_file,
-                "debug": args.debug,
-                "user": args.user,
-            },
-        )
+        cfg = _load(C.OriginConfig(), args, default)
         for e in args.export:
             name, d = C.parse_export(e)
             cfg.exports[name] = d
@@ -129,28 +127,8 @@ def dadafsp_main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     try:
-        cfg = _load(
-            C.ProxyConfig(),
-            args,
-            default,
-            {
-                "listen": args.listen,
-                "secret_file": args.secret_file,
-                "debug": args.debug,
-                "user": args.user,
-                "upstream": args.upstream,
-                "timeout": args.timeout,
-                "reset_interval": args.reset_interval,
-                "meta_ttl": args.meta_ttl,
-                "ram_cache": args.ram_cache,
-            },
-        )
-        if args.cache:
-            cfg.cache = [C.parse_cache(c) for c in args.cache]
-        if not cfg.upstream:
-            raise ConfigError(
-                "no upstream configured (use --upstream SPEC or upstream = in the config)"
-            )
+        cfg = _load(C.ProxyConfig(), args, default)
+        _need_upstream(cfg)
     except ConfigError as e:
         fail("dadafsp", str(e))
     setup_logging(cfg.debug)
@@ -162,26 +140,8 @@ def dadafsp_main(argv: list[str] | None = None) -> None:
 def _mount(args: argparse.Namespace) -> None:
     default = C.DEFAULT_DIR / "client.toml"
     try:
-        cfg = _load(
-            C.ClientConfig(),
-            args,
-            default,
-            {
-                "secret_file": args.secret_file,
-                "debug": args.debug,
-                "upstream": args.upstream,
-                "timeout": args.timeout,
-                "reset_interval": args.reset_interval,
-                "meta_ttl": args.meta_ttl,
-                "ram_cache": args.ram_cache,
-                "allow_other": args.allow_other,
-                "direct_io": args.direct_io,
-            },
-        )
-        if not cfg.upstream:
-            raise ConfigError(
-                "no upstream configured (use --upstream SPEC or upstream = in the config)"
-            )
+        cfg = _load(C.ClientConfig(), args, default)
+        _need_upstream(cfg)
     except ConfigError as e:
         fail("dadafs mount", str(e))
     setup_logging(cfg.debug)
