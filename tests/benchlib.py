@@ -30,8 +30,12 @@ def write_section(name: str, title: str, command: str, body: str) -> None:
         f"<!-- /bench:{name} -->\n"
     )
     text = DOC.read_text() if DOC.exists() else HEADER
-    pat = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n", re.S)
-    text = pat.sub(lambda _m: section, text) if pat.search(text) else text.rstrip() + "\n\n" + section
+    pat = re.compile(
+        rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n", re.S
+    )
+    text = (
+        pat.sub(lambda _m: section, text) if pat.search(text) else text.rstrip() + "\n\n" + section
+    )
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
 

@@ -82,7 +82,9 @@ class Stack:
         return self.mnt / "data"
 
 
-def start_stack(tmp: Path, export: Path, procs: Procs, *, client_extra: tuple[str, ...] = ()) -> Stack:
+def start_stack(
+    tmp: Path, export: Path, procs: Procs, *, client_extra: tuple[str, ...] = ()
+) -> Stack:
     key = make_key(tmp / "secret.key")
     origin = start_origin(procs, key, {"data": export})
     cache = tmp / "cache"

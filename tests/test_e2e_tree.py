@@ -38,7 +38,9 @@ def test_every_entry_and_byte_agrees(stack: Stack) -> None:
     assert len(origin) > 10_000
     for rel, st in origin.items():
         m = mounted[rel]
-        assert (m.st_mode, m.st_size, m.st_mtime_ns) == (st.st_mode, st.st_size, st.st_mtime_ns), rel
+        assert (m.st_mode, m.st_size, m.st_mtime_ns) == (st.st_mode, st.st_size, st.st_mtime_ns), (
+            rel
+        )
         if stat.S_ISREG(st.st_mode):
             a = os.path.join(os.fsencode(stack.export), rel)
             b = os.path.join(os.fsencode(stack.root), rel)
@@ -58,7 +60,12 @@ def test_large_files_total_over_1gib(stack: Stack) -> None:
 def test_reads_at_odd_offsets_and_past_eof(stack: Stack) -> None:
     src = (stack.export / "big2.bin").read_bytes()
     with open(stack.root / "big2.bin", "rb") as f:
-        for off, n in [(0, 1), ((1 << 20) - 3, 10), (5 * (1 << 20) + 17, 3 << 20), (len(src) - 5, 100)]:
+        for off, n in [
+            (0, 1),
+            ((1 << 20) - 3, 10),
+            (5 * (1 << 20) + 17, 3 << 20),
+            (len(src) - 5, 100),
+        ]:
             f.seek(off)
             assert f.read(n) == src[off : off + n]
         f.seek(len(src) + 10)
@@ -75,7 +82,9 @@ def test_symlinks_are_shown_as_they_are(stack: Stack) -> None:
     for rel in ["a/b/c/d/rel-link", "abs-link-outside", "rel-link-outside", "loop"]:
         assert os.readlink(stack.root / rel) == os.readlink(stack.export / rel)
     # A link inside the export resolves (by the kernel, on the client) to the same file.
-    assert (stack.root / "a/b/c/d/rel-link").read_bytes() == (stack.export / "small.bin").read_bytes()
+    assert (stack.root / "a/b/c/d/rel-link").read_bytes() == (
+        stack.export / "small.bin"
+    ).read_bytes()
     # A link climbing out of the export resolves inside the mount, where nothing is: the
     # origin's file outside the export root is never served.
     with pytest.raises(FileNotFoundError):
@@ -96,8 +105,8 @@ def test_odd_names(stack: Stack) -> None:
 @pytest.mark.parametrize(
     "action",
     [
-        lambda r: open(r / "small.bin", "r+b"),
-        lambda r: open(r / "new-file", "wb"),
+        lambda r: os.open(r / "small.bin", os.O_RDWR),
+        lambda r: os.open(r / "new-file", os.O_WRONLY | os.O_CREAT, 0o644),
         lambda r: os.unlink(r / "small.bin"),
         lambda r: os.rename(r / "small.bin", r / "moved"),
         lambda r: os.chmod(r / "small.bin", 0o777),
