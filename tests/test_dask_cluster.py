@@ -287,7 +287,9 @@ def test_ctrl_c_cancels_the_jobs_tasks_and_a_rerun_resumes(dask: Cluster, tmp_pa
     r = dada(*argv[1:], "-o", str(tmp_path / "b.tif"))
     rep = report(r.stderr)
     assert rep["lines_cached"] == done and rep["computed"] == v - done
-    assert dask.tasks_run() - n0 == v - done
+    # Tasks of the cancelled job already running on the 2 worker threads cannot be stopped and
+    # may finish (and count) after n0 was read; the rerun itself ran only the missing lines.
+    assert v - done <= dask.tasks_run() - n0 <= v - done + 2
     import tifffile
 
     got = tifffile.imread(tmp_path / "b.tif")
