@@ -60,6 +60,20 @@ def detector_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarra
     return mask
 
 
+def _data_files(name: str, nframes: int, per_file: int) -> list[tuple[str, int, int]]:
+    """Dectris's split of a scan into data files: (file name, first frame, frame count)."""
+    return [
+        (f"{name}_data_{n:06d}.h5", f0, min(per_file, nframes - f0))
+        for n, f0 in enumerate(range(0, nframes, per_file), 1)
+    ]
+
+
+def _link_data_files(master: h5py.File, files: list[tuple[str, int, int]]) -> None:
+    """The master's ``entry/data/data_NNNNNN`` external links, one per data file."""
+    for n, (fname, _, _) in enumerate(files, 1):
+        master[f"entry/data/data_{n:06d}"] = h5py.ExternalLink(fname, "entry/data/data")
+
+
 def write_eiger_scan(
     directory: Path,
     name: str,
@@ -88,11 +102,8 @@ def write_eiger_scan(
     cy, cx = 0.42 * (h - 1) + 0.3, 0.6 * (w - 1) - 0.2  # clear of the gaps
     y, x = np.indices(shape, dtype=np.float64)
     nframes = horz * vert
-    files: list[str] = []
-    for f0 in range(0, nframes, frames_per_file):
-        count = min(frames_per_file, nframes - f0)
-        fname = f"{name}_data_{len(files) + 1:06d}.h5"
-        files.append(fname)
+    files = _data_files(name, nframes, frames_per_file)
+    for fname, f0, count in files:
         with h5py.File(directory / fname, "w") as f:
             ds = f.create_dataset(
                 "entry/data/data",
@@ -114,9 +125,7 @@ def write_eiger_scan(
                 frame[bad] = BAD
                 ds[k] = frame
     with h5py.File(directory / f"{name}_master.h5", "w") as m:
-        data = m.create_group("entry/data")
-        for n, fname in enumerate(files, 1):
-            data[f"data_{n:06d}"] = h5py.ExternalLink(fname, "entry/data/data")
+        _link_data_files(m, files)
         det = m.create_group("entry/instrument/detector")
         det["description"] = "Dectris EIGER X (synthetic)"
         det["x_pixel_size"] = 75e-6
@@ -147,11 +156,8 @@ def write_repeated_scan(
         _, h, w = sds.shape
         dcpl = sds.id.get_create_plist()
         filt = dcpl.get_filter(0)
-    files: list[str] = []
-    for f0 in range(0, nframes, frames_per_file):
-        count = min(frames_per_file, nframes - f0)
-        fname = f"{name}_data_{len(files) + 1:06d}.h5"
-        files.append(fname)
+    files = _data_files(name, nframes, frames_per_file)
+    for fname, _, count in files:
         with h5py.File(directory / fname, "w") as f:
             ds = f.create_dataset(
                 "entry/data/data",
@@ -164,6 +170,5 @@ def write_repeated_scan(
             for k in range(count):
                 ds.id.write_direct_chunk((k, 0, 0), chunk)
     with h5py.File(directory / f"{name}_master.h5", "w") as m:
-        for n, fname in enumerate(files, 1):
-            m[f"entry/data/data_{n:06d}"] = h5py.ExternalLink(fname, "entry/data/data")
+        _link_data_files(m, files)
     return directory / f"{name}_master.h5"
