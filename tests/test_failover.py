@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +141,16 @@ def test_refused_fails_over_to_next_group_and_file_is_identical(export: Path) ->
 async def _raw_listener(
     nursery: trio.Nursery, handle: Callable[[trio.SocketStream], Awaitable[None]]
 ) -> int:
+    """A hand-made server for misbehaving peers. The client under test drops connections it has
+    given up on, so a reset seen by the fake is the expected end of a conversation, not an error."""
+
+    async def guarded(stream: trio.SocketStream) -> None:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError, EOFError):
+            await handle(stream)
+
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = int(listeners[0].socket.getsockname()[1])
-    nursery.start_soon(trio.serve_listeners, handle, listeners)
+    nursery.start_soon(trio.serve_listeners, guarded, listeners)
     return port
 
 
@@ -186,7 +193,10 @@ async def _fake_server_handshake(stream: trio.SocketStream) -> tuple[bytes, Any]
                     h = msgpack.unpackb(buf[4 : 4 + n])
                     buf = buf[4 + n :]
                     return dict(h)
-            buf += await stream.receive_some(65536)
+            more = await stream.receive_some(65536)
+            if not more:
+                raise EOFError("client closed the connection")
+            buf += more
 
     async def send(h: dict[str, Any]) -> None:
         raw = msgpack.packb(h, use_bin_type=True)
