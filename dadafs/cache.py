@@ -202,7 +202,8 @@ class CacheSource:
         # Cache-side prefetch (proxy): a read of chunk i+1 right after chunk i fetches ahead.
         self.prefetch_depth = prefetch if nursery is not None else 0
         self.nursery = nursery
-        self._last_index: dict[bytes, int] = {}
+        # Per path: (last index read, highest index the prefetcher has looked at).
+        self._last_index: dict[bytes, tuple[int, int]] = {}
         self._prefetch_slots = trio.Semaphore(32)
         self.persist_meta = persist_meta
         self.stale_after = stale_after  # with a stale answer at hand, wait no longer upstream
@@ -331,9 +332,12 @@ class CacheSource:
         self.counters["bytes_served"] += len(data)
         return data
 
-    async def read_chunk_ref(self, path: bytes, version: Version, index: int) -> Any:
+    async def read_chunk_ref(
+        self, path: bytes, version: Version, index: int, check: bool = False
+    ) -> Any:
         """Like :meth:`read_chunk`, but a hit in a store that can pin file regions comes back as a
-        pinned ref (``fd``, ``offset``, ``length``, ``release()``) for zero-copy sendfile."""
+        pinned ref (``fd``, ``offset``, ``length``, ``digest``, ``release()``) for zero-copy
+        sendfile. ``check``: the store hashes the chunk now (a receiver saw a bad digest)."""
         get_ref = getattr(self.store, "get_ref", None)
         if get_ref is None:
             return await self.read_chunk(path, version, index)
@@ -345,7 +349,7 @@ class CacheSource:
             self.counters["bytes_served"] += len(pending)
             return pending
         try:
-            ref = await get_ref(key)
+            ref = await get_ref(key, check)
         except Exception:
             self.counters["store_errors"] += 1
             log.exception("chunk store lookup failed; treating it as a miss")
@@ -399,15 +403,22 @@ class CacheSource:
     def _maybe_prefetch(self, path: bytes, version: Version, index: int) -> None:
         if not self.prefetch_depth or self.nursery is None:
             return
-        last = self._last_index.get(path)
+        last, ahead = self._last_index.get(path, (-2, -1))
         if len(self._last_index) > 10_000:
             self._last_index.clear()
-        self._last_index[path] = index
-        if last is None or index != last + 1:
+        if index != last + 1:
+            self._last_index[path] = (index, index)
             return
+        # Sequential: look at the chunks of the window not looked at yet (one per read in the
+        # steady state) and start a fetch only for those neither cached nor coming.
         nchunks = (version[1] + CHUNK_SIZE - 1) // CHUNK_SIZE
-        for i in range(index + 1, min(index + 1 + self.prefetch_depth, nchunks)):
+        hi = min(index + self.prefetch_depth, nchunks - 1)
+        for i in range(max(index, ahead) + 1, hi + 1):
+            key = chunk_key(path, version, i)
+            if key in self._inflight or key in self._writing or self.store.contains(key):
+                continue
             self.nursery.start_soon(self._prefetch_bounded, path, version, i)
+        self._last_index[path] = (index, max(ahead, hi))
 
     async def _prefetch_bounded(self, path: bytes, version: Version, index: int) -> None:
         async with self._prefetch_slots:

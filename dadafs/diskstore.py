@@ -1,7 +1,9 @@
 """Adapter: the SSD engine (:mod:`dadafs.ssdcache`, synchronous, thread-safe) as a chunk store.
 
-Every engine call runs in a worker thread so disk I/O never blocks the trio loop. Hits can also
-be returned as pinned file regions (:meth:`get_ref`) for zero-copy ``sendfile``.
+Every engine call that may touch the disk runs in a worker thread, so disk I/O never blocks the
+trio loop. Hits can also be returned as pinned file regions (:meth:`get_ref`) for zero-copy
+``sendfile``: a hit whose bytes are in the page cache and were checked since this process wrote or
+recovered them is found on the loop's own thread, without a thread hop or a hash.
 """
 
 from __future__ import annotations
@@ -23,8 +25,14 @@ class DiskStore:
         data: Buf | None = await trio.to_thread.run_sync(self.engine.read, key)
         return data
 
-    async def get_ref(self, key: bytes) -> ChunkRef | None:
-        ref: ChunkRef | None = await trio.to_thread.run_sync(self.engine.get, key)
+    async def get_ref(self, key: bytes, check: bool = False) -> ChunkRef | None:
+        """A pinned hit, or None. ``check``: hash the bytes now whatever the record's history
+        (asked for by a receiver that found a digest mismatch)."""
+        if not check:
+            ref = self.engine.get_resident(key)  # never blocks
+            if ref is not None:
+                return ref
+        ref = await trio.to_thread.run_sync(self.engine.get, key)
         return ref
 
     async def put(self, key: bytes, data: Buf, digest: bytes | None = None) -> None:
@@ -32,8 +40,10 @@ class DiskStore:
         await trio.to_thread.run_sync(self.engine.put, key, memoryview(data))
 
     def contains(self, key: bytes) -> bool:
-        """An index lookup, never waiting on a device lock: safe on the trio thread."""
-        return bool(self.engine.contains(key, wait=False))  # a busy device lock: "no"
+        """An index lookup, never waiting on a device lock: safe on the trio thread. It serves
+        prefetch decisions, so a busy lock answers "yes": a skipped prefetch costs nothing (the
+        read itself fetches), a needless one costs an upstream read."""
+        return bool(self.engine.contains(key, wait=False, busy=True))
 
     def stats(self) -> dict[str, Any]:
         return {"kind": "ssd", **self.engine.stats()}

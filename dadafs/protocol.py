@@ -7,7 +7,10 @@ preallocated buffer.
 
 Requests: ``{"id": int, "op": str, ...args}``. Replies: ``{"id": int, "r": result}``, or
 ``{"id": int, "e": errno}`` for an error of the file, or ``{"id": int, "n": len, "x": xxh3}`` +
-data for ``read`` (``x``, the chunk's xxh3-128, whenever the server knows it; clients check it). Many requests may be in flight on one connection; replies come in any order.
+data for ``read`` (``x``, the chunk's xxh3-128, whenever the server knows it; clients check it).
+A ``read`` with ``"check": true`` (sent again after a mismatch) makes a cache hash the chunk in
+its store before serving it. Many requests may be in flight on one connection; replies come in
+any order.
 
 Concurrency: one task reads a :class:`Channel`; any number of tasks may send, serialised by the
 channel's send lock, so a header and its payload are always adjacent on the wire.

@@ -287,6 +287,15 @@ class RemoteSource:
                         conn = await self._conn_for(ep)
                         ep.counters["requests"] += 1
                         reply, payload = await conn.call(dict(header))
+                        bad = _bad_digest(reply, payload)
+                        if bad:
+                            # A cache upstream serves hot chunks without hashing them (the
+                            # receiver checks): ask once more with "check", so that it hashes
+                            # the chunk, drops a bad copy and fetches it again.
+                            self.counters["checksum_failures"] += 1
+                            ep.counters["requests"] += 1
+                            reply, payload = await conn.call({**header, "check": True})
+                            bad = _bad_digest(reply, payload)
                 except (HostError, OSError, ProtocolError, trio.TooSlowError) as e:
                     self._mark_down(ep, e)
                     continue
@@ -298,9 +307,8 @@ class RemoteSource:
                         continue
                     raise FsError(err)
                 if payload is not None:
-                    digest = reply.get("x")
-                    if digest is not None and checksum(payload) != digest:
-                        # Bytes damaged between the upstream's store and us: never pass them on.
+                    if bad:
+                        # Damaged again after a check: never pass the bytes on; try elsewhere.
                         self.counters["checksum_failures"] += 1
                         self._mark_down(ep, HostError(f"{ep.name}: chunk checksum mismatch"))
                         continue
@@ -383,3 +391,9 @@ class RemoteSource:
                 for c in ep.conns:
                     c.fail(EOFError("closed"))
                 ep.conns.clear()
+
+
+def _bad_digest(reply: dict[str, Any], payload: bytearray | None) -> bool:
+    """Whether the reply has a payload and a digest (xxh3-128) that the payload does not match."""
+    digest = reply.get("x")
+    return payload is not None and digest is not None and checksum(payload) != digest

@@ -76,9 +76,22 @@ def test_flipped_bytes_in_the_cache_are_detected_and_refetched(
     s = start_stack(tmp_path, export, procs)
     assert (s.root / "f.bin").read_bytes() == data
     # Corrupt every copy of a recognisable run of the file's bytes inside the cache's data file.
-    needle = data[CHUNK_SIZE + 1000 : CHUNK_SIZE + 1064]
+    assert _flip_in_cache(s.cache, data[CHUNK_SIZE + 1000 : CHUNK_SIZE + 1064]) >= 1
+    procs.stop(s.mount_proc)  # a cold client: the read must come from the proxy's disk
+    m2 = tmp_path / "mnt2"
+    mount(procs, s.key, s.proxy, m2, ram_cache="64M", name="mount2")
+    Path("/proc/sys/vm/drop_caches").write_text("1")  # the proxy reads what is on disk
+    assert (m2 / "data" / "f.bin").read_bytes() == data
+    st = stats(s.proxy, s.key)["source"]["store"]
+    assert st["checksum_failures"] >= 1
+    assert stats(s.origin, s.key)["source"]["bytes_served"] > len(data)  # refetched
+
+
+def _flip_in_cache(cache: Path, needle: bytes) -> int:
+    """Flip a byte of every copy of ``needle`` inside the cache's files (through the page cache,
+    as a bad SSD or a stray write would leave it); returns how many copies were damaged."""
     flipped = 0
-    for f in s.cache.rglob("*"):
+    for f in cache.rglob("*"):
         if f.is_file():
             raw = bytearray(f.read_bytes())
             pos = raw.find(needle)
@@ -88,15 +101,33 @@ def test_flipped_bytes_in_the_cache_are_detected_and_refetched(
                 pos = raw.find(needle, pos + 1)
             if flipped:
                 f.write_bytes(raw)
-    assert flipped >= 1
-    procs.stop(s.mount_proc)  # a cold client: the read must come from the proxy's disk
-    m2 = tmp_path / "mnt2"
-    mount(procs, s.key, s.proxy, m2, ram_cache="64M", name="mount2")
-    Path("/proc/sys/vm/drop_caches").write_text("1")  # the proxy reads what is on disk
-    assert (m2 / "data" / "f.bin").read_bytes() == data
-    st = stats(s.proxy, s.key)["source"]["store"]
-    assert st["checksum_failures"] >= 1
-    assert stats(s.origin, s.key)["source"]["bytes_served"] > len(data)  # refetched
+    return flipped
+
+
+def test_damage_in_a_hot_chunk_is_caught_by_the_client_and_repaired_by_the_proxy(
+    tmp_path: Path, procs: Procs
+) -> None:
+    """A hot chunk goes out without a new hash at the proxy, with the digest of its record: the
+    client's end-to-end check sees the damage, asks again with "check", and the proxy then
+    hashes the chunk, drops it, counts it and fetches it again."""
+    export = tmp_path / "export"
+    export.mkdir()
+    data = pattern(3 * CHUNK_SIZE + 99, 18)
+    (export / "f.bin").write_bytes(data)
+    key = make_key(tmp_path / "k")
+    origin = start_origin(procs, key, {"d": export})
+    cache = tmp_path / "cache"
+    proxy = start_proxy(procs, key, origin, cache, "256M")
+    assert _read_all(proxy, key, b"/d/f.bin", 1) == [data]
+    assert _read_all(proxy, key, b"/d/f.bin", 1) == [data]
+    before = stats(proxy, key)["source"]["store"]
+    assert before["resident_hits"] >= 3  # hot reads served from the page cache, no hashing
+    assert _flip_in_cache(cache, data[CHUNK_SIZE + 1000 : CHUNK_SIZE + 1064]) >= 1
+    assert _read_all(proxy, key, b"/d/f.bin", 1) == [data]
+    after = stats(proxy, key)["source"]
+    assert after["store"]["checksum_failures"] == before["checksum_failures"] + 1
+    assert stats(origin, key)["source"]["bytes_served"] == len(data) + CHUNK_SIZE  # refetched
+    assert _read_all(proxy, key, b"/d/f.bin", 1) == [data]  # and cached again, whole
 
 
 def test_sequential_reader_triggers_proxy_prefetch_and_device_stats(

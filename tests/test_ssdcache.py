@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -403,27 +404,108 @@ def test_torn_record_after_restart_is_detected(tmp_path: Path) -> None:
         store.close()
 
 
-def test_trust_window_reverifies_after_it_expires(tmp_path: Path) -> None:
-    store = ChunkStore([(tmp_path / "a", 16 * MiB)], trust_seconds=0.4)
+def test_resident_hit_needs_no_check_but_get_always_checks(tmp_path: Path) -> None:
+    """A chunk this process wrote, still in the page cache, is served without hashing (its
+    digest comes from the record header, for the receiver's check); get() always checks."""
+    store = ChunkStore([(tmp_path / "a", 16 * MiB)])
     try:
         d = payload(1, 100_000)
         store.put(key(1), d)
-        assert store.read(key(1)) == d  # first hit: verified
+        ref = store.get_resident(key(1))
+        assert ref is not None and ref.digest == xxhash.xxh3_128_digest(d)
+        assert os.pread(ref.fd, ref.length, ref.offset) == d
+        ref.release()
         dev, loc = location(store, key(1))
+        assert dev.c["resident_hits"] == 1 and dev.c["hits"] == 1
         fd = os.open(dev.path / DATAFILE, os.O_RDWR)
         try:
             os.pwrite(fd, b"\xff", loc + L.HEADER_SIZE + 10)
         finally:
             os.close(fd)
-        # Within the window a hit is served without hashing (the page was verified moments ago).
-        ref = store.get(key(1))
-        assert ref is not None and dev.c["trusted_hits"] >= 1
+        # Not hashed again: the damaged bytes go out with the true digest, which the receiver
+        # checks (it then asks again with a check, i.e. through get()).
+        ref = store.get_resident(key(1))
+        assert ref is not None and ref.digest == xxhash.xxh3_128_digest(d)
+        assert xxhash.xxh3_128_digest(os.pread(ref.fd, ref.length, ref.offset)) != ref.digest
         ref.release()
-        deadline = time.monotonic() + 5
-        while store.read(key(1)) is not None:  # at most trust_seconds later it is checked again
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        assert store.get(key(1)) is None  # the checked path finds the damage and drops it
         assert store.stats()["checksum_failures"] == 1 and not store.contains(key(1))
+        assert store.get_resident(key(1)) is None
+    finally:
+        store.close()
+
+
+def test_resident_path_needs_a_check_after_restart_and_pages_in_ram(tmp_path: Path) -> None:
+    caps = [(tmp_path / "a", 16 * MiB)]
+    store = ChunkStore(caps)
+    d = payload(2, 300_000)
+    store.put(key(2), d)
+    store.close()
+    store = ChunkStore(caps)
+    try:
+        assert store.contains(key(2))
+        assert store.get_resident(key(2)) is None  # recovered: not checked by this process yet
+        ref = store.get(key(2))
+        assert ref is not None
+        ref.release()
+        ref = store.get_resident(key(2))  # checked once: now served from the page cache
+        assert ref is not None
+        ref.release()
+        dev, _ = location(store, key(2))
+        os.fsync(dev.fd)
+        os.posix_fadvise(dev.fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evict the file's pages
+        assert store.get_resident(key(2)) is None  # a disk read would block: slow path
+        ref = store.get(key(2))
+        assert ref is not None and os.pread(ref.fd, ref.length, ref.offset) == d
+        ref.release()
+    finally:
+        store.close()
+
+
+def test_verify_hits_always_never_serves_unchecked(tmp_path: Path) -> None:
+    store = ChunkStore([(tmp_path / "a", 16 * MiB)], verify_hits="always")
+    try:
+        store.put(key(3), payload(3, 1000))
+        assert store.get_resident(key(3)) is None
+        assert store.read(key(3)) == payload(3, 1000)
+        assert store.get_resident(key(3)) is None
+        with pytest.raises(ValueError, match="verify_hits"):
+            ChunkStore([(tmp_path / "b", 16 * MiB)], verify_hits="sometimes")
+    finally:
+        store.close()
+
+
+def test_release_never_waits_for_a_busy_device_lock(tmp_path: Path) -> None:
+    """The event loop releases refs: with the lock held elsewhere (a rollover doing I/O) the
+    unpin is queued, and the next holder applies it, so the segment can be recycled again."""
+    store = ChunkStore([(tmp_path / "a", 16 * MiB)])
+    try:
+        store.put(key(4), payload(4, 1000))
+        ref = store.get_resident(key(4))
+        assert ref is not None
+        dev, loc = location(store, key(4))
+        seg = loc // dev.seg_size
+        assert dev.pins[seg] == 1
+        held, done = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with dev.lock:
+                held.set()
+                done.wait(5)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        held.wait(5)
+        t0 = time.monotonic()
+        ref.release()
+        assert time.monotonic() - t0 < 0.5 and dev.pins[seg] == 1  # queued, not waited for
+        assert store.get_resident(key(4)) is None  # lock busy: "slow path", no blocking either
+        done.set()
+        t.join()
+        again = store.get(key(4))  # any later holder of the lock drains the queue
+        assert again is not None
+        again.release()
+        assert dev.pins[seg] == 0
     finally:
         store.close()
 

@@ -5,6 +5,11 @@ Data are written and verified *outside* the lock: a put reserves its place under
 then publishes the index entry under the lock; a get looks up and pins under the lock, verifies
 and is served unlocked. A segment with pins (reads being served or writes in flight) is never
 recycled: the head skips it. Any OSError of the device takes it out of service (``state``).
+
+The event-loop thread uses only :meth:`Device.lookup_resident` and :meth:`Device.unpin_nowait`,
+which never wait for the lock (a rollover holds it across disk I/O): a busy lock means "take the
+slow path in a worker thread", and an unpin that finds the lock busy is queued and applied by the
+next holder (a late unpin only delays the recycling of a segment).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import mmap
 import os
 import threading
-import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from ..source import checksum
 from . import index as ix
 from . import layout as L
 from .recovery import SegmentScan, key_words, recover, scan_segment
+from .resident import Residency
 
 SUPERBLOCK = "dadafs-cache.json"
 DATAFILE = "chunks.dat"
@@ -33,6 +39,7 @@ MAX_DEFAULT_SEG = 64 << 20
 # A restart continues far above the last seq: a crashed run's leftovers never chain.
 SEQ_JUMP = 1 << 24
 POLICIES = ("fifo", "clock", "clock-late")
+VERIFY_HITS = ("first", "always")
 
 
 def default_segment_size(capacity: int) -> int:
@@ -51,17 +58,18 @@ class Device:
         segment_size: int | None = None,
         policy: str = "clock",
         verify: str = "pread",
-        trust_seconds: float = 0.0,
+        verify_hits: str = "first",
         log: logging.Logger,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown eviction policy {policy!r} (one of {', '.join(POLICIES)})")
         if verify not in ("mmap", "pread"):
             raise ValueError(f"unknown verify mode {verify!r} (mmap or pread)")
+        if verify_hits not in VERIFY_HITS:
+            raise ValueError(f"unknown verify_hits {verify_hits!r} (first or always)")
         self.ident, self.path, self.capacity = ident, Path(path), capacity
         self.policy, self.verify, self.log = policy, verify, log
-        self.trust_seconds = trust_seconds
-        self._epoch, self._epoch_t = 0, time.monotonic()
+        self.verify_hits = verify_hits
         self.seg_size = L.align(segment_size) if segment_size else default_segment_size(capacity)
         if not L.MIN_SEG_SIZE <= self.seg_size <= L.MAX_SEG_SIZE:
             raise ValueError(
@@ -80,6 +88,8 @@ class Device:
         self.fd = -1
         self._mm: mmap.mmap | None = None
         self._mv: memoryview | None = None
+        self._res: Residency | None = None
+        self._late_unpins: deque[int] = deque()
         self.pins = [0] * self.nseg
         self.head_seg = 0
         self.head_off = 0
@@ -92,7 +102,7 @@ class Device:
             (
                 "hits",
                 "misses",
-                "trusted_hits",
+                "resident_hits",
                 "puts",
                 "evictions",
                 "reinserted",
@@ -132,6 +142,8 @@ class Device:
         if self.verify == "mmap":
             self._mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
             self._mv = memoryview(self._mm)
+        if self.verify_hits == "first":
+            self._res = Residency(self.fd, size)
         self._recover()
 
     def _recover(self) -> None:
@@ -213,8 +225,12 @@ class Device:
             self._close_files_if_unpinned()
 
     def _close_files_if_unpinned(self) -> None:
+        self._drain_unpins()
         if any(self.pins):
             return  # a ChunkRef still uses the fd; the last release closes it
+        if self._res is not None:
+            self._res.close()
+            self._res = None
         if self._mv is not None:
             self._mv.release()
             self._mv = None
@@ -227,10 +243,11 @@ class Device:
 
     # ---- get ---------------------------------------------------------------------------------
 
-    def lookup(self, key: bytes) -> tuple[int, int, int, bool] | None:
-        """Pin ``key``'s record: (segment, location, length, verified recently), or None (a miss)."""
+    def lookup(self, key: bytes) -> tuple[int, int, int] | None:
+        """Pin ``key``'s record: (segment, location, length), or None (a miss)."""
         k0, k1 = ix.split_key(key)
         with self.lock:
+            self._drain_unpins()
             if not self.ok:
                 return None
             slot = self.index.find(k0, k1)
@@ -240,24 +257,51 @@ class Device:
             meta = self.index.meta(slot)
             if self.policy != "fifo" and not meta & ix.REF:
                 self.index.set_meta(slot, meta | ix.REF)
-            trusted = False
-            if self.trust_seconds > 0:
-                self._maybe_tick()
-                trusted = bool(meta & ix.VERIFIED)
             loc = ix.meta_loc(meta) * L.ALIGN
             seg = loc // self.seg_size
             self.pins[seg] += 1
             self.c["hits"] += 1
-            self.c["trusted_hits"] += trusted
-            return seg, loc, ix.meta_len(meta), trusted
+            return seg, loc, ix.meta_len(meta)
 
-    def _maybe_tick(self) -> None:
-        """Every trust_seconds/2 forget the older half of the verified marks (lock held)."""
-        now = time.monotonic()
-        if now - self._epoch_t >= self.trust_seconds / 2:
-            self._epoch ^= 1
-            self._epoch_t = now
-            self.index.clear_bits(ix.VERIFIED_BIT[self._epoch])
+    def lookup_resident(self, key: bytes) -> tuple[int, int, int, bytes] | None:
+        """Pin and count a hit whose bytes need no disk read and no new check: (segment,
+        location, length, xxh3), or None, which means "take the slow path" (a miss, a record
+        not verified since it was written or recovered, pages not all in the page cache, or
+        the lock busy). Never blocks; meant for the event-loop thread (``verify_hits="first"``).
+        """
+        res = self._res
+        if res is None:
+            return None
+        k0, k1 = ix.split_key(key)
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            if not self.ok:
+                return None
+            slot = self.index.find(k0, k1)
+            if slot < 0:
+                return None
+            meta = self.index.meta(slot)
+            if not meta & ix.VERIFIED:
+                return None
+            loc = ix.meta_loc(meta) * L.ALIGN
+            length = ix.meta_len(meta)
+            if not res.resident(loc, L.HEADER_SIZE + length):
+                return None
+            hdr = L.unpack_header(os.pread(self.fd, L.HEADER_SIZE, loc))
+            if hdr is None or hdr.key != key or hdr.length != length:
+                return None
+            if self.policy != "fifo" and not meta & ix.REF:
+                self.index.set_meta(slot, meta | ix.REF)
+            seg = loc // self.seg_size
+            self.pins[seg] += 1
+            self.c["hits"] += 1
+            self.c["resident_hits"] += 1
+            return seg, loc, length, hdr.digest
+        except OSError:
+            return None  # the slow path meets the error again and handles it
+        finally:
+            self.lock.release()
 
     def verify_pinned(self, key: bytes, seg: int, loc: int, length: int) -> bytes | None:
         """Check a pinned record and return its xxh3; a bad one is dropped, counted, unpinned."""
@@ -271,13 +315,13 @@ class Device:
             self.unpin(seg)
             return None
         if good is not None:
-            if self.trust_seconds > 0:
+            if self.verify_hits == "first":
                 with self.lock:
                     slot = self.index.find(*ix.split_key(key))
                     if slot >= 0:
                         meta = self.index.meta(slot)
                         if ix.meta_loc(meta) * L.ALIGN == loc:
-                            self.index.set_meta(slot, meta | ix.VERIFIED_BIT[self._epoch])
+                            self.index.set_meta(slot, meta | ix.VERIFIED)
             return good
         with self.lock:
             self.c["hits"] -= 1
@@ -292,10 +336,32 @@ class Device:
 
     def unpin(self, seg: int) -> None:
         with self.lock:
-            if self.pins[seg] > 0:  # close() may have forgotten the pins already
+            self._unpin_locked(seg)
+
+    def unpin_nowait(self, seg: int) -> None:
+        """:meth:`unpin` without waiting: a busy lock queues it for the next holder."""
+        if not self.lock.acquire(blocking=False):
+            self._late_unpins.append(seg)  # deque.append is atomic
+            return
+        try:
+            self._unpin_locked(seg)
+        finally:
+            self.lock.release()
+
+    def _unpin_locked(self, seg: int) -> None:
+        if self.pins[seg] > 0:  # close() may have forgotten the pins already
+            self.pins[seg] -= 1
+        self._drain_unpins()
+        if not self.ok:
+            self._close_files_if_unpinned()
+
+    def _drain_unpins(self) -> None:
+        """Apply queued unpins (lock held)."""
+        late = self._late_unpins
+        while late:
+            seg = late.popleft()
+            if self.pins[seg] > 0:
                 self.pins[seg] -= 1
-            if not self.ok:
-                self._close_files_if_unpinned()
 
     def _drop_if_at(self, key: bytes, loc: int) -> bool:
         slot = self.index.find(*ix.split_key(key))
@@ -311,10 +377,10 @@ class Device:
             k0, k1, _ = self.index.arrays()
         return [ix.join_key(int(a), int(b)) for a, b in zip(k0, k1, strict=True)]
 
-    def contains(self, key: bytes, wait: bool = True) -> bool:
-        """Whether ``key`` is indexed; with ``wait=False`` False while the lock is busy."""
+    def contains(self, key: bytes, wait: bool = True, busy: bool = False) -> bool:
+        """Whether ``key`` is indexed; with ``wait=False`` ``busy`` while the lock is busy."""
         if not self.lock.acquire(blocking=wait):
-            return False
+            return busy
         try:
             return self.ok and self.index.find(*ix.split_key(key)) >= 0
         finally:
@@ -328,6 +394,7 @@ class Device:
         k0, k1 = ix.split_key(key)
         digest = checksum(data)
         with self.lock:
+            self._drain_unpins()
             if not self.ok or self.index.find(k0, k1) >= 0:
                 return False
             place = self._reserve(key, length)
@@ -347,15 +414,22 @@ class Device:
             if not self.ok:
                 self._close_files_if_unpinned()
                 return False
-            self._publish(k0, k1, loc, length, ref=False)
+            self._publish(k0, k1, loc, length, ref=False, verified=True)
             self.c["puts"] += 1
         return True
 
-    def _publish(self, k0: int, k1: int, loc: int, length: int, *, ref: bool) -> None:
+    def _publish(
+        self, k0: int, k1: int, loc: int, length: int, *, ref: bool, verified: bool
+    ) -> None:
+        """Index a record. ``verified``: its bytes are the ones this process wrote and hashed
+        (a fresh put), so a hit served from the page cache needs no check (``verify_hits``)."""
         slot = self.index.find(k0, k1)
         if slot >= 0:
             self.bytes -= ix.meta_len(self.index.meta(slot))
-        self.index.put(k0, k1, ix.pack_meta(loc // L.ALIGN, length, ref))
+        meta = ix.pack_meta(loc // L.ALIGN, length, ref)
+        if verified and self.verify_hits == "first":
+            meta |= ix.VERIFIED
+        self.index.put(k0, k1, meta)
         self.bytes += length
 
     def _reserve(self, key: bytes, length: int) -> tuple[int, int, int, int] | None:
@@ -373,6 +447,7 @@ class Device:
 
     def _rollover(self) -> bool:
         """Seal the head segment and move the head to the next unpinned one, evicting it."""
+        self._drain_unpins()
         nxt = (self.head_seg + 1) % self.nseg
         while self.pins[nxt] or nxt == self.head_seg:
             if nxt == self.head_seg:
@@ -448,7 +523,7 @@ class Device:
             except OSError as e:
                 self._fail(e, "write")
                 return
-            self._publish(*ix.split_key(key), loc, length, ref=False)
+            self._publish(*ix.split_key(key), loc, length, ref=False, verified=True)
             self.c["reinserted"] += 1
 
     # ---- reporting and closing ------------------------------------------------------------
@@ -461,6 +536,7 @@ class Device:
                 "segment_size": self.seg_size,
                 "segments": self.nseg,
                 "policy": self.policy,
+                "verify_hits": self.verify_hits,
                 "state": self.state,
                 "bytes": self.bytes,
                 "chunks": self.index.count,

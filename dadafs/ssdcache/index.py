@@ -6,7 +6,7 @@ the two halves of the 128-bit key and a ``meta`` word::
     bit 63      valid
     bit 62      referenced since written (CLOCK's second-chance bit)
     bits 41-61  length in bytes (1 .. 2**20)
-    bits 37-38  verified in the current / previous trust epoch (optional, see Device)
+    bit 37      verified: the bytes were hashed by this process since written or recovered
     bits 0-35   location in 512-byte units (32 TiB per device)
 
 The home slot is ``(k0 * golden) mod 2**64 % slots``: uniform for xxh3 keys and still spread for
@@ -23,8 +23,7 @@ import numpy as np
 
 VALID = 1 << 63
 REF = 1 << 62
-VERIFIED_BIT = (1 << 37, 1 << 38)  # by epoch parity
-VERIFIED = VERIFIED_BIT[0] | VERIFIED_BIT[1]
+VERIFIED = 1 << 37
 LEN_SHIFT = 41
 LEN_MASK = (1 << 21) - 1
 LOC_MASK = (1 << 36) - 1

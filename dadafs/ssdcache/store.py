@@ -24,10 +24,12 @@ from .device import Device
 
 @dataclass(eq=False)
 class ChunkRef:
-    """A verified, pinned cached chunk: ``length`` bytes at ``offset`` of ``fd``.
+    """A pinned cached chunk: ``length`` bytes at ``offset`` of ``fd``, whose xxh3 is ``digest``.
 
-    The region is not overwritten until :meth:`release` (idempotent; also a context manager),
-    so ``os.sendfile(sock, ref.fd, ref.offset, ref.length)`` sends exactly the verified bytes.
+    The region is not overwritten until :meth:`release` (idempotent, never blocks; also a context
+    manager), so ``os.sendfile(sock, ref.fd, ref.offset, ref.length)`` sends the record's bytes.
+    They were checked against ``digest`` on the way to this ref, or (a resident hit) when this
+    process wrote or last read them from the device; the receiver checks them against ``digest``.
     """
 
     fd: int
@@ -35,12 +37,12 @@ class ChunkRef:
     length: int
     _device: Device | None = field(default=None, repr=False)
     _seg: int = field(default=-1, repr=False)
-    digest: bytes | None = None  # the record's xxh3 (None for a trusted, unverified hit)
+    digest: bytes | None = None  # the record's xxh3-128
 
     def release(self) -> None:
         dev, self._device = self._device, None
         if dev is not None:
-            dev.unpin(self._seg)
+            dev.unpin_nowait(self._seg)
 
     def __enter__(self) -> ChunkRef:
         return self
@@ -58,7 +60,7 @@ class ChunkStore:
         policy: str = "clock",
         verify: str = "pread",
         segment_size: int | None = None,
-        trust_seconds: float = 0.0,
+        verify_hits: str = "first",
     ) -> None:
         if not devices:
             raise ValueError("a chunk store needs at least one cache directory")
@@ -74,7 +76,7 @@ class ChunkStore:
                 segment_size=segment_size,
                 policy=policy,
                 verify=verify,
-                trust_seconds=trust_seconds,
+                verify_hits=verify_hits,
                 log=self.log,
             )
             for i, (p, cap) in enumerate(devices)
@@ -97,6 +99,8 @@ class ChunkStore:
         return best
 
     def get(self, key: bytes) -> ChunkRef | None:
+        """The chunk, read from the device and checked against its xxh3 (a bad record is
+        dropped, counted and reported as a miss); may block on disk I/O."""
         dev = self.device_for(key)
         if dev is None:
             with self._lock:
@@ -105,12 +109,23 @@ class ChunkStore:
         found = dev.lookup(key)
         if found is None:
             return None
-        seg, loc, length, trusted = found
-        digest = None
-        if not trusted:
-            digest = dev.verify_pinned(key, seg, loc, length)
-            if digest is None:
-                return None
+        seg, loc, length = found
+        digest = dev.verify_pinned(key, seg, loc, length)
+        if digest is None:
+            return None
+        return ChunkRef(dev.fd, loc + L.HEADER_SIZE, length, dev, seg, digest)
+
+    def get_resident(self, key: bytes) -> ChunkRef | None:
+        """The chunk if serving it needs neither disk I/O nor hashing: verified since this
+        process wrote or recovered it, and wholly in the page cache. Never blocks; None means
+        "use :meth:`get`" (in a worker thread), not "a miss"."""
+        dev = self.device_for(key)
+        if dev is None:
+            return None
+        found = dev.lookup_resident(key)
+        if found is None:
+            return None
+        seg, loc, length, digest = found
         return ChunkRef(dev.fd, loc + L.HEADER_SIZE, length, dev, seg, digest)
 
     def read(self, key: bytes) -> bytes | None:
@@ -129,12 +144,12 @@ class ChunkStore:
         if dev is not None:
             dev.put(key, data)
 
-    def contains(self, key: bytes, *, wait: bool = True) -> bool:
+    def contains(self, key: bytes, *, wait: bool = True, busy: bool = False) -> bool:
         """Whether ``key`` is cached (no I/O, not verified). ``wait=False`` never blocks: it
-        answers False while the device's lock is held (e.g. by a rollover copying chunks), which
-        suits an event-loop thread deciding whether to prefetch."""
+        answers ``busy`` while the device's lock is held (e.g. by a rollover copying chunks),
+        which suits an event-loop thread deciding whether to prefetch."""
         dev = self.device_for(key)
-        return dev is not None and dev.contains(key, wait)
+        return dev is not None and dev.contains(key, wait, busy)
 
     def cached_keys(self) -> list[bytes]:
         """Every cached key of the devices in service (a copy; for tests and tools)."""
@@ -152,7 +167,7 @@ class ChunkStore:
                 "index_ram_bytes",
                 "hits",
                 "misses",
-                "trusted_hits",
+                "resident_hits",
                 "puts",
                 "evictions",
                 "reinserted",
