@@ -172,7 +172,7 @@ def test_reset_and_silent_hosts_fail_over(export: Path) -> None:
                 t0 = time.monotonic()
                 await r.stat(b"/data/file.bin")
                 took = time.monotonic() - t0
-                assert 0.4 < took < 2.0, took  # the silent host cost its connect timeout
+                assert 0.4 < took < 3.5, took  # the silent host cost its connect timeout (0.5 s)
                 assert state(r, f"127.0.0.1:{rst}")["state"] == "down"
                 assert state(r, f"127.0.0.1:{mute}")["state"] == "down"
             n.cancel_scope.cancel()
@@ -242,7 +242,7 @@ def test_stalled_transfer_below_min_rate_fails_over(export: Path) -> None:
                 assert (
                     bytes(data) == (export / "file.bin").read_bytes()[CHUNK_SIZE : 2 * CHUNK_SIZE]
                 )
-                assert took < 2.5, took
+                assert took < 4.0, took  # far below request_timeout (10 s): the stall was seen
                 assert "stalled" in state(r, f"127.0.0.1:{slow}")["last_error"]
             n.cancel_scope.cancel()
 
@@ -310,7 +310,7 @@ def test_every_path_down_eio_after_timeout_then_recovers(export: Path) -> None:
                 with pytest.raises(FsError) as e:
                     await r.stat(b"/data/file.bin")
                 took = time.monotonic() - t0
-                assert e.value.errno == errno.EIO and 1.4 < took < 2.5, took
+                assert e.value.errno == errno.EIO and 1.4 < took < 3.5, took
                 # The upstream comes back: the very next request is served, no restart needed.
                 await Tier(n, LocalSource({b"data": export}), port).start()
                 assert (await r.stat(b"/data/file.bin")).size == (
@@ -404,13 +404,16 @@ def test_handshake_fields_are_checked_by_the_client(export: Path) -> None:
 
 
 def test_damaged_chunk_is_never_returned(export: Path) -> None:
-    """A chunk whose bytes do not match the checksum in its reply is a host failure."""
+    """A chunk whose bytes do not match the checksum in its reply is asked for once more with
+    "check" (a cache then re-hashes its copy); damaged again, it is a host failure."""
     good_bytes = (export / "file.bin").read_bytes()[:CHUNK_SIZE]
+    requests: list[dict[str, Any]] = []
 
     async def damaging(stream: trio.SocketStream) -> None:
         _, frame = await _fake_server_handshake(stream)
         while True:
             h = await frame()
+            requests.append(h)
             bad = bytearray(good_bytes)
             bad[12345] ^= 0x40  # one flipped bit
             raw = msgpack.packb({"id": h["id"], "n": len(bad), "x": checksum(good_bytes)})
@@ -424,7 +427,8 @@ def test_damaged_chunk_is_never_returned(export: Path) -> None:
             v = (version.st_ino, version.st_size, version.st_mtime_ns)
             async with remote(f"127.0.0.1:{bad};{good.addr}") as r:
                 assert bytes(await r.read_chunk(b"/data/file.bin", v, 0)) == good_bytes
-                assert r.stats()["checksum_failures"] == 1
+                assert r.stats()["checksum_failures"] == 2
+                assert [q.get("check") for q in requests] == [None, True]
                 assert "checksum" in state(r, f"127.0.0.1:{bad}")["last_error"]
             n.cancel_scope.cancel()
 
