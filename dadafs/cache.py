@@ -332,6 +332,20 @@ class CacheSource:
         self.counters["bytes_served"] += len(data)
         return data
 
+    def read_chunk_resident(self, path: bytes, version: Version, index: int) -> Any | None:
+        """A hit that can be served at once (a pinned ref whose pages are in the page cache), or
+        None: then use :meth:`read_chunk_ref`. Never blocks or awaits: the server calls it from
+        a connection's reader task, so such hits cost no task of their own."""
+        get_resident = getattr(self.store, "get_resident", None)
+        if get_resident is None:
+            return None
+        ref = get_resident(chunk_key(path, version, index))
+        if ref is not None:
+            self._maybe_prefetch(path, version, index)
+            self.counters["hits"] += 1
+            self.counters["bytes_served"] += ref.length
+        return ref
+
     async def read_chunk_ref(
         self, path: bytes, version: Version, index: int, check: bool = False
     ) -> Any:

@@ -35,6 +35,10 @@ class DiskStore:
         ref = await trio.to_thread.run_sync(self.engine.get, key)
         return ref
 
+    def get_resident(self, key: bytes) -> ChunkRef | None:
+        """A hit servable from the page cache without a hash, or None (then :meth:`get_ref`)."""
+        return self.engine.get_resident(key)  # never blocks
+
     async def put(self, key: bytes, data: Buf, digest: bytes | None = None) -> None:
         # The engine hashes the record itself as it writes it (its header carries the digest).
         await trio.to_thread.run_sync(self.engine.put, key, memoryview(data))

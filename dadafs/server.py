@@ -111,10 +111,15 @@ class Server:
             log.debug("peer %s authenticated", ch.peer)
             limit = trio.Semaphore(self.max_inflight)
             reads = trio.Semaphore(MAX_READS_INFLIGHT)
+            resident = getattr(self.source, "read_chunk_resident", None)
             async with trio.open_nursery() as nursery:
                 try:
                     while True:
                         header, _ = await ch.recv_frame()
+                        if resident is not None and await self._serve_resident(
+                            ch, header, resident
+                        ):
+                            continue
                         await limit.acquire()
                         nursery.start_soon(self._request, ch, header, limit, reads)
                 except ProtocolError as e:
@@ -160,22 +165,32 @@ class Server:
         finally:
             limit.release()
 
+    async def _serve_resident(
+        self, ch: Channel, h: dict[str, Any], resident: Callable[..., Any]
+    ) -> bool:
+        """Serve a read from the reader task itself when the source has the chunk at hand
+        (a hot cache hit: no disk I/O, no upstream); False: give it a task as usual."""
+        if h.get("op") != "read" or "check" in h:
+            return False
+        try:
+            path, ver, index = _read_args(h)
+        except (ProtocolError, KeyError, TypeError):
+            return False  # the task path answers EINVAL
+        ref = resident(path, ver, index)
+        if ref is None:
+            return False
+        self.counters["requests"] += 1
+        try:
+            await ch.send_frame_file({"id": h.get("id"), "x": ref.digest}, ref.fd, ref.offset, ref.length)  # fmt: skip
+            self.counters["bytes_sent"] += ref.length
+        finally:
+            ref.release()
+        return True
+
     async def _dispatch(self, ch: Channel, rid: Any, h: dict[str, Any]) -> None:
         op = h.get("op")
         if op == "read":
-            path, version, index = _path(h), h["v"], h["i"]
-            if not (
-                isinstance(version, list)
-                and len(version) == 3
-                and all(
-                    type(v) is int and -_MAX_VERSION_FIELD <= v < _MAX_VERSION_FIELD
-                    for v in version
-                )
-                and type(index) is int
-                and 0 <= index < _MAX_INDEX
-            ):
-                raise ProtocolError("bad read arguments")
-            ver = (version[0], version[1], version[2])
+            path, ver, index = _read_args(h)
             ref_fn = getattr(self.source, "read_chunk_ref", None)
             if ref_fn is not None:  # "check": the client saw a bad digest; the store re-hashes
                 res = await ref_fn(path, ver, index, h.get("check") is True)
@@ -225,6 +240,19 @@ class Server:
         if self.extra_stats is not None:
             out.update(self.extra_stats())
         return out
+
+
+def _read_args(h: dict[str, Any]) -> tuple[bytes, tuple[int, int, int], int]:
+    path, version, index = _path(h), h["v"], h["i"]
+    if not (
+        isinstance(version, list)
+        and len(version) == 3
+        and all(type(v) is int and -_MAX_VERSION_FIELD <= v < _MAX_VERSION_FIELD for v in version)
+        and type(index) is int
+        and 0 <= index < _MAX_INDEX
+    ):
+        raise ProtocolError("bad read arguments")
+    return path, (version[0], version[1], version[2]), index
 
 
 def _path(h: dict[str, Any]) -> bytes:
