@@ -180,12 +180,20 @@ class Server:
         if ref is None:
             return False
         self.counters["requests"] += 1
+        await self._send_ref(ch, h.get("id"), ref)
+        return True
+
+    async def _send_ref(self, ch: Channel, rid: Any, ref: Any) -> None:
+        """Send a pinned region of a cache file with zero-copy sendfile, then release it."""
+        header: dict[str, Any] = {"id": rid}
+        digest = getattr(ref, "digest", None)  # a store that keeps the chunk's xxh3 has it
+        if isinstance(digest, bytes):
+            header["x"] = digest
         try:
-            await ch.send_frame_file({"id": h.get("id"), "x": ref.digest}, ref.fd, ref.offset, ref.length)  # fmt: skip
+            await ch.send_frame_file(header, ref.fd, ref.offset, ref.length)
             self.counters["bytes_sent"] += ref.length
         finally:
             ref.release()
-        return True
 
     async def _dispatch(self, ch: Channel, rid: Any, h: dict[str, Any]) -> None:
         op = h.get("op")
@@ -200,15 +208,7 @@ class Server:
                 await ch.send_frame({"id": rid, "x": checksum(res)}, res)
                 self.counters["bytes_sent"] += len(res)
                 return
-            header: dict[str, Any] = {"id": rid}
-            digest = getattr(res, "digest", None)  # a store that keeps the chunk's xxh3 has it
-            if isinstance(digest, bytes):
-                header["x"] = digest
-            try:  # a pinned region of a cache file: zero-copy sendfile
-                await ch.send_frame_file(header, res.fd, res.offset, res.length)
-                self.counters["bytes_sent"] += res.length
-            finally:
-                res.release()
+            await self._send_ref(ch, rid, res)
             return
         handler: Callable[[bytes], Awaitable[Any]] | None = {
             "stat": self._stat,

@@ -254,14 +254,18 @@ class Device:
             if slot < 0:
                 self.c["misses"] += 1
                 return None
-            meta = self.index.meta(slot)
-            if self.policy != "fifo" and not meta & ix.REF:
-                self.index.set_meta(slot, meta | ix.REF)
-            loc = ix.meta_loc(meta) * L.ALIGN
-            seg = loc // self.seg_size
-            self.pins[seg] += 1
-            self.c["hits"] += 1
-            return seg, loc, ix.meta_len(meta)
+            return self._take_hit(slot, self.index.meta(slot))
+
+    def _take_hit(self, slot: int, meta: int) -> tuple[int, int, int]:
+        """Mark the record referenced, pin its segment, count a hit (lock held):
+        (segment, location, length)."""
+        if self.policy != "fifo" and not meta & ix.REF:
+            self.index.set_meta(slot, meta | ix.REF)
+        loc = ix.meta_loc(meta) * L.ALIGN
+        seg = loc // self.seg_size
+        self.pins[seg] += 1
+        self.c["hits"] += 1
+        return seg, loc, ix.meta_len(meta)
 
     def lookup_resident(self, key: bytes) -> tuple[int, int, int, bytes] | None:
         """Pin and count a hit whose bytes need no disk read and no new check: (segment,
@@ -291,13 +295,8 @@ class Device:
             hdr = L.unpack_header(os.pread(self.fd, L.HEADER_SIZE, loc))
             if hdr is None or hdr.key != key or hdr.length != length:
                 return None
-            if self.policy != "fifo" and not meta & ix.REF:
-                self.index.set_meta(slot, meta | ix.REF)
-            seg = loc // self.seg_size
-            self.pins[seg] += 1
-            self.c["hits"] += 1
             self.c["resident_hits"] += 1
-            return seg, loc, length, hdr.digest
+            return (*self._take_hit(slot, meta), hdr.digest)
         except OSError:
             return None  # the slow path meets the error again and handles it
         finally:
