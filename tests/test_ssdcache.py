@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -404,6 +405,26 @@ def test_torn_record_after_restart_is_detected(tmp_path: Path) -> None:
         store.close()
 
 
+@contextmanager
+def _lock_held_elsewhere(dev: Device) -> Iterator[None]:
+    """Another thread holds ``dev``'s lock for the duration (as a rollover doing I/O would)."""
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with dev.lock:
+            held.set()
+            done.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        held.wait(5)
+        yield
+    finally:
+        done.set()
+        t.join()
+
+
 def test_resident_hit_needs_no_check_but_get_always_checks(tmp_path: Path) -> None:
     """A chunk this process wrote, still in the page cache, is served without hashing (its
     digest comes from the record header, for the receiver's check); get() always checks."""
@@ -486,22 +507,11 @@ def test_release_never_waits_for_a_busy_device_lock(tmp_path: Path) -> None:
         dev, loc = location(store, key(4))
         seg = loc // dev.seg_size
         assert dev.pins[seg] == 1
-        held, done = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with dev.lock:
-                held.set()
-                done.wait(5)
-
-        t = threading.Thread(target=hold)
-        t.start()
-        held.wait(5)
-        t0 = time.monotonic()
-        ref.release()
-        assert time.monotonic() - t0 < 0.5 and dev.pins[seg] == 1  # queued, not waited for
-        assert store.get_resident(key(4)) is None  # lock busy: "slow path", no blocking either
-        done.set()
-        t.join()
+        with _lock_held_elsewhere(dev):
+            t0 = time.monotonic()
+            ref.release()
+            assert time.monotonic() - t0 < 0.5 and dev.pins[seg] == 1  # queued, not waited for
+            assert store.get_resident(key(4)) is None  # lock busy: "slow path", no blocking
         again = store.get(key(4))  # any later holder of the lock drains the queue
         assert again is not None
         again.release()
@@ -607,24 +617,10 @@ def test_contains_without_waiting_never_blocks(store: ChunkStore) -> None:
     assert store.contains(key(1), wait=False) and store.contains(key(1))
     dev = store.device_for(key(1))
     assert dev is not None
-    held = threading.Event()
-    done = threading.Event()
-
-    def hold() -> None:
-        with dev.lock:
-            held.set()
-            done.wait(5)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        held.wait(5)
+    with _lock_held_elsewhere(dev):
         t0 = time.monotonic()
         assert store.contains(key(1), wait=False) is False  # busy: a false "no", at once
         assert time.monotonic() - t0 < 0.5
-    finally:
-        done.set()
-        t.join()
     assert store.contains(key(1), wait=False)
 
 
