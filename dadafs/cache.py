@@ -346,12 +346,10 @@ class CacheSource:
             self.counters["bytes_served"] += ref.length
         return ref
 
-    async def read_chunk_ref(
-        self, path: bytes, version: Version, index: int, check: bool = False
-    ) -> Any:
+    async def read_chunk_ref(self, path: bytes, version: Version, index: int) -> Any:
         """Like :meth:`read_chunk`, but a hit in a store that can pin file regions comes back as a
         pinned ref (``fd``, ``offset``, ``length``, ``digest``, ``release()``) for zero-copy
-        sendfile. ``check``: the store hashes the chunk now (a receiver saw a bad digest)."""
+        sendfile, its bytes hashed now (the unhashed path is :meth:`read_chunk_resident`)."""
         get_ref = getattr(self.store, "get_ref", None)
         if get_ref is None:
             return await self.read_chunk(path, version, index)
@@ -363,7 +361,7 @@ class CacheSource:
             self.counters["bytes_served"] += len(pending)
             return pending
         try:
-            ref = await get_ref(key, check)
+            ref = await get_ref(key)
         except Exception:
             self.counters["store_errors"] += 1
             log.exception("chunk store lookup failed; treating it as a miss")

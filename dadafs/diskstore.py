@@ -1,9 +1,10 @@
 """Adapter: the SSD engine (:mod:`dadafs.ssdcache`, synchronous, thread-safe) as a chunk store.
 
 Every engine call that may touch the disk runs in a worker thread, so disk I/O never blocks the
-trio loop. Hits can also be returned as pinned file regions (:meth:`get_ref`) for zero-copy
-``sendfile``: a hit whose bytes are in the page cache and were checked since this process wrote or
-recovered them is found on the loop's own thread, without a thread hop or a hash.
+trio loop. Hits can also be returned as pinned file regions for zero-copy ``sendfile``: checked
+ones in a worker thread (:meth:`get_ref`), or, on the loop's own thread without a hash, those
+whose bytes are in the page cache and were checked since this process wrote or recovered them
+(:meth:`get_resident`).
 """
 
 from __future__ import annotations
@@ -25,14 +26,9 @@ class DiskStore:
         data: Buf | None = await trio.to_thread.run_sync(self.engine.read, key)
         return data
 
-    async def get_ref(self, key: bytes, check: bool = False) -> ChunkRef | None:
-        """A pinned hit, or None. ``check``: hash the bytes now whatever the record's history
-        (asked for by a receiver that found a digest mismatch)."""
-        if not check:
-            ref = self.engine.get_resident(key)  # never blocks
-            if ref is not None:
-                return ref
-        ref = await trio.to_thread.run_sync(self.engine.get, key)
+    async def get_ref(self, key: bytes) -> ChunkRef | None:
+        """A pinned hit whose bytes were hashed now, or None."""
+        ref: ChunkRef | None = await trio.to_thread.run_sync(self.engine.get, key)
         return ref
 
     def get_resident(self, key: bytes) -> ChunkRef | None:

@@ -200,10 +200,9 @@ class Server:
         if op == "read":
             path, ver, index = _read_args(h)
             ref_fn = getattr(self.source, "read_chunk_ref", None)
-            if ref_fn is not None:  # "check": the client saw a bad digest; the store re-hashes
-                res = await ref_fn(path, ver, index, h.get("check") is True)
-            else:
-                res = await self.source.read_chunk(path, ver, index)
+            # A read with "check" (the client saw a bad digest) never takes the resident path, so
+            # a cache hashes its copy here.
+            res = await (ref_fn or self.source.read_chunk)(path, ver, index)
             if isinstance(res, bytes | bytearray):
                 await ch.send_frame({"id": rid, "x": checksum(res)}, res)
                 self.counters["bytes_sent"] += len(res)
