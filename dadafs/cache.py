@@ -11,7 +11,9 @@ version we still believed in) drops the path's metadata so the next stat sees th
 
 Concurrency (trio, one thread): dict updates happen between awaits and are atomic. A chunk miss
 registers an in-flight entry *before* its first await, so concurrent readers of the same chunk
-wait on that one fetch (miss collapsing) instead of each going upstream.
+wait on that one fetch (miss collapsing) instead of each going upstream. A reader's store lookup
+is an await (a worker thread at the proxy), so the chunk may land while it is out: the one
+fetcher looks in the store once more (``contains``, then a lookup) before going upstream.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class ChunkStore(Protocol):
 
     async def put(self, key: bytes, data: Buf, digest: bytes | None = None) -> None: ...
 
-    def contains(self, key: bytes) -> bool: ...
+    def contains(self, key: bytes) -> bool:
+        """Never blocks; may answer True when it can't tell now (never False for a stored key)."""
+        ...
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -383,9 +387,21 @@ class CacheSource:
                 raise fl.error
             assert fl.data is not None
             return fl.data
+        pending = self._writing.get(key)
+        if pending is not None:
+            self.counters["hits"] += 1
+            return pending
         fl = self._inflight[key] = _Inflight()
-        self.counters["misses"] += 1
         try:
+            if self.store.contains(key):
+                # It landed while the caller's store lookup was out (or the store can't tell
+                # now): look again, as this key's one fetcher, so nobody goes upstream for it.
+                found = await self._store_get(key)
+                if found is not None:
+                    self.counters["hits"] += 1
+                    fl.data = found
+                    return found
+            self.counters["misses"] += 1
             with_digest = getattr(self.upstream, "read_chunk_digest", None)
             if with_digest is not None:  # the reply's checked digest: no second hash here
                 data, digest = await with_digest(path, version, index)
