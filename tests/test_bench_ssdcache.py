@@ -404,7 +404,8 @@ READER = textwrap.dedent(
                 async def worker():
                     nonlocal got
                     for i in todo:
-                        got += len(await r.read_chunk(path, a.version, i))
+                        data = await r.read_chunk(path, a.version, i)
+                        got += len(data)  # not `got += len(await ...)`: that loses updates
                 async with trio.open_nursery() as m:
                     for _ in range(depth):
                         m.start_soon(worker)
@@ -416,15 +417,21 @@ READER = textwrap.dedent(
 )
 
 
+HOT_SIZE = 256 * MiB
+
+
 def _proxy_round(proxy: str, key: Path, pid: int, passes: int) -> tuple[float, float]:
     """4 reader processes (4 requests in flight each) read the hot file ``passes`` times;
     (GB/s, proxy CPU-s per GB)."""
     argv = [sys.executable, "-c", READER, proxy, str(key), "/data/hot.bin", str(passes), "4"]
+    served0 = tiers.stats(proxy, key)["source"]["bytes_served"]
     c0, t0 = cpu_seconds(pid), time.perf_counter()
     readers = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(4)]
     total = sum(int(r.communicate(timeout=300)[0]) for r in readers)
     wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - c0
     assert all(r.returncode == 0 for r in readers)
+    assert total == 4 * passes * HOT_SIZE  # what the readers got is what they asked for ...
+    assert tiers.stats(proxy, key)["source"]["bytes_served"] - served0 == total  # ... and sent
     return total / 1e9 / wall, cpu / (total / 1e9)
 
 
@@ -432,7 +439,7 @@ def test_bench_proxy_serving_hot_chunks(tmp_path: Path, procs: Procs) -> None:
     """Issue 3's figure on the real daemon, next to the floor the kernel sets on this machine."""
     note = machine_note()
     stack = Stack.start(tmp_path, procs)
-    make_file(stack.data / "hot.bin", 256 * MiB, 3)
+    make_file(stack.data / "hot.bin", HOT_SIZE, 3)
     pid = procs.get("proxy").pid
     _proxy_round(stack.proxy, stack.key, pid, 1)  # fill the cache: every later read is a hit
     floor_store = ChunkStore([(tmp_path / "floor", 400 * MiB)])
