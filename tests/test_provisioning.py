@@ -168,3 +168,13 @@ def test_site_check_mode_renders_every_template(tmp_path: Path) -> None:
     assert 'p10 = "/gpfs/p10"' in out
     assert "DADA_SCHEDULER=tcp://heinzelfrau:8786" in out
     assert "BOOT=nfs" in out and "MODULES=netboot" in out
+
+
+def test_result_cache_directory_is_the_one_dada_stxm_uses() -> None:
+    """The control role creates the directory ``dada stxm`` looks for by default."""
+    import yaml
+
+    from workers.resultcache import DEFAULT_DIR
+
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles/dada_scheduler/defaults/main.yml").read_text())
+    assert defaults["dada_scheduler_result_cache"] == DEFAULT_DIR

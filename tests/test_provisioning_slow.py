@@ -345,6 +345,15 @@ def dhcp(ns: Namespaces, out: Path, *extra: str) -> dict[str, str] | None:
     return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
 
 
+def group_id(root: Path, name: str) -> int:
+    """The gid of group ``name`` in the chroot's /etc/group."""
+    for line in (root / "etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    raise KeyError(name)
+
+
 def test_control_node_converges_and_serves_dhcp_tftp_dns(
     workdir: Path, wheelhouse: Path, control_root: Path, namespaces: Namespaces
 ) -> None:
@@ -385,6 +394,9 @@ def test_control_node_converges_and_serves_dhcp_tftp_dns(
     wants = root / "etc/systemd/system/multi-user.target.wants"
     assert (wants / "dadafsp.service").is_symlink()
     assert (wants / "dada-scheduler.service").is_symlink()
+    results = root / "var/cache/dada/results"  # dada stxm's default result cache
+    assert results.is_dir() and results.stat().st_mode & 0o7777 == 0o2775
+    assert results.stat().st_gid == group_id(root, "dada")
 
     dnsmasq = Dnsmasq(root, namespaces.ctl, workdir / "dnsmasq.log")
     try:
