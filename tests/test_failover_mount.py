@@ -56,6 +56,23 @@ def timed_read(path: Path, on_offset: tuple[int, Callable[[], object]]) -> tuple
     return h.hexdigest(), worst
 
 
+def read_through_kill(
+    procs: Procs, path: Path, at: int, victim: str, label: str, digest: str
+) -> None:
+    """Read ``path`` whole, SIGKILLing process ``victim`` once ``at`` bytes are in: the bytes
+    must be right and no 1 MiB piece may wait more than 2 s (the pause is printed)."""
+    got, worst = timed_read(path, (at, lambda: procs.stop(procs.get(victim), sig=signal.SIGKILL)))
+    assert got == digest
+    print(f"\n{label} SIGKILLed mid-read: longest pause {worst:.3f} s")
+    assert worst <= 2.0, f"reader paused {worst:.2f} s"
+
+
+def assert_failed_over(tier: str, key: Path, down: str, up: str) -> None:
+    """``tier`` marked its upstream ``down`` down and read from ``up`` instead."""
+    ups = {u["endpoint"]: u for u in tiers.stats(tier, key)["source"]["upstream"]["upstreams"]}
+    assert ups[down]["state"] == "down" and ups[up]["bytes"] > 0
+
+
 def test_client_fails_over_when_proxy_killed_mid_read_and_returns(
     tmp_path: Path, procs: Procs
 ) -> None:
@@ -69,13 +86,7 @@ def test_client_fails_over_when_proxy_killed_mid_read_and_returns(
     mnt = tmp_path / "mnt"
     tiers.mount(procs, key, f"{p1};{p2}", mnt, extra=("--reset-interval", "3"))
 
-    got, worst = timed_read(
-        mnt / "data" / "scan.h5",
-        (24 * MiB, lambda: procs.stop(procs.get("p1"), sig=signal.SIGKILL)),
-    )
-    assert got == digest
-    print(f"\nproxy p1 SIGKILLed mid-read: longest pause {worst:.3f} s")
-    assert worst <= 2.0, f"reader paused {worst:.2f} s"
+    read_through_kill(procs, mnt / "data" / "scan.h5", 24 * MiB, "p1", "proxy p1", digest)
     assert tiers.stats(p2, key)["server"]["bytes_sent"] > 0
 
     restart(procs, "p1")
@@ -95,15 +106,8 @@ def test_proxy_fails_over_between_origins_exporting_the_same_data(
     proxy = tiers.start_proxy(procs, key, f"{o1};{o2}", tmp_path / "cache", "1G")
     mnt = tmp_path / "mnt"
     tiers.mount(procs, key, proxy, mnt)
-    got, worst = timed_read(
-        mnt / "data" / "scan.h5",
-        (24 * MiB, lambda: procs.stop(procs.get("o1"), sig=signal.SIGKILL)),
-    )
-    assert got == digest
-    print(f"\norigin o1 SIGKILLed mid-read: longest pause {worst:.3f} s")
-    assert worst <= 2.0, f"reader paused {worst:.2f} s"
-    ups = {u["endpoint"]: u for u in tiers.stats(proxy, key)["source"]["upstream"]["upstreams"]}
-    assert ups[o1]["state"] == "down" and ups[o2]["bytes"] > 0
+    read_through_kill(procs, mnt / "data" / "scan.h5", 24 * MiB, "o1", "origin o1", digest)
+    assert_failed_over(proxy, key, down=o1, up=o2)
 
 
 def test_every_path_down_gives_eio_after_timeout_and_the_mount_recovers(
@@ -183,12 +187,5 @@ def test_proxy_fails_over_between_upstream_proxies(tmp_path: Path, procs: Procs)
     edge = tiers.start_proxy(procs, key, f"{b};{c}", tmp_path / "ce", "1G", name="edge")
     mnt = tmp_path / "mnt"
     tiers.mount(procs, key, edge, mnt)
-    got, worst = timed_read(
-        mnt / "data" / "scan.h5",
-        (16 * MiB, lambda: procs.stop(procs.get("b"), sig=signal.SIGKILL)),
-    )
-    assert got == digest
-    print(f"\nupstream proxy b SIGKILLed mid-read: longest pause {worst:.3f} s")
-    assert worst <= 2.0, f"reader paused {worst:.2f} s"
-    ups = {u["endpoint"]: u for u in tiers.stats(edge, key)["source"]["upstream"]["upstreams"]}
-    assert ups[b]["state"] == "down" and ups[c]["bytes"] > 0
+    read_through_kill(procs, mnt / "data" / "scan.h5", 16 * MiB, "b", "upstream proxy b", digest)
+    assert_failed_over(edge, key, down=b, up=c)

@@ -17,6 +17,15 @@ from tests.harness.procs import Procs
 from tests.harness.tiers import make_key, mount, start_origin, start_proxy, stats
 
 
+def _export(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """An export directory under ``tmp_path`` holding ``files``."""
+    export = tmp_path / "export"
+    export.mkdir()
+    for name, data in files.items():
+        (export / name).write_bytes(data)
+    return export
+
+
 def _read_all(addr: str, key: Path, path: bytes, readers: int) -> list[bytes]:
     """``readers`` protocol clients (each its own connection) read the whole file concurrently."""
 
@@ -50,10 +59,8 @@ def _read_all(addr: str, key: Path, path: bytes, readers: int) -> list[bytes]:
 def test_50_readers_of_a_cold_file_cost_one_upstream_fetch_per_chunk(
     tmp_path: Path, procs: Procs
 ) -> None:
-    export = tmp_path / "export"
-    export.mkdir()
     data = pattern(6 * CHUNK_SIZE + 4321, 7)
-    (export / "cold.bin").write_bytes(data)
+    export = _export(tmp_path, {"cold.bin": data})
     key = make_key(tmp_path / "k")
     origin = start_origin(procs, key, {"d": export})
     proxy = start_proxy(procs, key, origin, tmp_path / "cache", "256M")
@@ -69,10 +76,8 @@ def test_50_readers_of_a_cold_file_cost_one_upstream_fetch_per_chunk(
 def test_flipped_bytes_in_the_cache_are_detected_and_refetched(
     tmp_path: Path, procs: Procs
 ) -> None:
-    export = tmp_path / "export"
-    export.mkdir()
     data = pattern(3 * CHUNK_SIZE + 99, 8)
-    (export / "f.bin").write_bytes(data)
+    export = _export(tmp_path, {"f.bin": data})
     s = start_stack(tmp_path, export, procs)
     assert (s.root / "f.bin").read_bytes() == data
     # Corrupt every copy of a recognisable run of the file's bytes inside the cache's data file.
@@ -110,10 +115,8 @@ def test_damage_in_a_hot_chunk_is_caught_by_the_client_and_repaired_by_the_proxy
     """A hot chunk goes out without a new hash at the proxy, with the digest of its record: the
     client's end-to-end check sees the damage, asks again with "check", and the proxy then
     hashes the chunk, drops it, counts it and fetches it again."""
-    export = tmp_path / "export"
-    export.mkdir()
     data = pattern(3 * CHUNK_SIZE + 99, 18)
-    (export / "f.bin").write_bytes(data)
+    export = _export(tmp_path, {"f.bin": data})
     key = make_key(tmp_path / "k")
     origin = start_origin(procs, key, {"d": export})
     cache = tmp_path / "cache"
@@ -133,10 +136,8 @@ def test_damage_in_a_hot_chunk_is_caught_by_the_client_and_repaired_by_the_proxy
 def test_sequential_reader_triggers_proxy_prefetch_and_device_stats(
     tmp_path: Path, procs: Procs
 ) -> None:
-    export = tmp_path / "export"
-    export.mkdir()
     data = pattern(12 * CHUNK_SIZE, 9)
-    (export / "seq.bin").write_bytes(data)
+    export = _export(tmp_path, {"seq.bin": data})
     key = make_key(tmp_path / "k")
     origin = start_origin(procs, key, {"d": export})
     proxy = start_proxy(procs, key, origin, tmp_path / "cache", "256M")
@@ -152,11 +153,8 @@ def test_sequential_reader_triggers_proxy_prefetch_and_device_stats(
 def test_proxy_killed_during_heavy_writes_never_serves_a_wrong_byte(
     tmp_path: Path, procs: Procs
 ) -> None:
-    export = tmp_path / "export"
-    export.mkdir()
     files = {f"f{i}.bin": pattern(3 * CHUNK_SIZE + i * 1111, 20 + i) for i in range(12)}
-    for n, d in files.items():
-        (export / n).write_bytes(d)
+    export = _export(tmp_path, files)
     key = make_key(tmp_path / "k")
     origin = start_origin(procs, key, {"d": export})
     cache = tmp_path / "cache"
